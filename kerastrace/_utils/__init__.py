@@ -1,0 +1,1 @@
+"""Private helpers shared by kerastrace subpackages. Not public API."""

@@ -1,0 +1,1 @@
+"""kerastrace.attention (under construction)."""

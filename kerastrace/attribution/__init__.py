@@ -1,0 +1,1 @@
+"""kerastrace.attribution (under construction)."""

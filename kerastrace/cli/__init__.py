@@ -1,0 +1,1 @@
+"""kerastrace.cli (under construction)."""

@@ -1,0 +1,14 @@
+"""Keras 3 layers that expose what they compute.
+
+- `SelfAttention`: multi-head self-attention returning `(outputs, weights)`.
+- `TransformerBlock`: attention + feed-forward + residuals + layer norm,
+  returning `(outputs, weights)`.
+
+Both are registered as serializable under the package name "kerastrace", so
+`.keras` files that contain them load without `custom_objects`.
+"""
+
+from kerastrace.layers.self_attention import SelfAttention
+from kerastrace.layers.transformer_block import TransformerBlock
+
+__all__ = ["SelfAttention", "TransformerBlock"]

@@ -1,0 +1,1 @@
+"""kerastrace.profiling (under construction)."""

@@ -1,0 +1,1 @@
+"""kerastrace.tensorboard (under construction)."""

@@ -1,0 +1,1 @@
+"""kerastrace.testing (under construction)."""

@@ -1,0 +1,1 @@
+"""kerastrace.text (under construction)."""

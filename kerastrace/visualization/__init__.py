@@ -1,0 +1,1 @@
+"""kerastrace.visualization (under construction)."""
