@@ -3,12 +3,15 @@
 - `SelfAttention`: multi-head self-attention returning `(outputs, weights)`.
 - `TransformerBlock`: attention + feed-forward + residuals + layer norm,
   returning `(outputs, weights)`.
+- `TokenAndPositionEmbedding`: token + position embedding that keeps the
+  padding mask for the attention layers downstream.
 
 Both are registered as serializable under the package name "kerastrace", so
 `.keras` files that contain them load without `custom_objects`.
 """
 
+from kerastrace.layers.embedding import TokenAndPositionEmbedding
 from kerastrace.layers.self_attention import SelfAttention
 from kerastrace.layers.transformer_block import TransformerBlock
 
-__all__ = ["SelfAttention", "TransformerBlock"]
+__all__ = ["SelfAttention", "TokenAndPositionEmbedding", "TransformerBlock"]

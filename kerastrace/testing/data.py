@@ -1,0 +1,111 @@
+"""Generated data sets whose right explanation is known.
+
+Nothing here downloads: the corpora are made in code from a seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from kerastrace._utils import validation as v
+
+POSITIVE_WORDS = ("good", "great", "excellent", "wonderful", "superb", "delightful")
+NEGATIVE_WORDS = ("bad", "awful", "terrible", "boring", "dreadful", "poor")
+NEGATION_WORDS = ("not", "never")
+#: Neutral words; some ("fine", "okay") sound like sentiment but do not decide the label.
+FILLER_WORDS = (
+    "the", "movie", "film", "plot", "acting", "was", "story", "really", "quite",
+    "and", "it", "this", "a", "actors", "music", "scenes", "ending", "director",
+    "felt", "overall", "seemed", "cast", "script", "fine", "okay", "long", "short",
+    "camera", "dialogue", "pace", "very", "somewhat", "honestly", "i", "think",
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class SentimentCorpus:
+    """Review-like sentences with a planted sentiment word.
+
+    Attributes:
+        sentences: The sentences, lower case, words separated by one space.
+        labels: `(N,)` int32, 1 for positive and 0 for negative.
+        planted: `(N,)` int32, index (in whitespace-split words) of the word
+            that decides the label.
+        negated: `(N,)` bool, whether a negation word right before the
+            planted word flips its polarity.
+    """
+
+    sentences: list[str]
+    labels: np.ndarray
+    planted: np.ndarray
+    negated: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+
+def make_sentiment_corpus(
+    n: int,
+    seed: int = 0,
+    min_words: int = 5,
+    max_words: int = 12,
+    negation_rate: float = 0.0,
+) -> SentimentCorpus:
+    """Generate `n` sentences whose label is decided by one planted word.
+
+    Each sentence is filler words with exactly one sentiment word inserted at
+    a random position. The label is the polarity of that word, flipped when
+    a negation word ("not", "never") stands right before it (with
+    probability `negation_rate`). So the right explanation of every label is
+    known: the planted word (and its negation).
+
+    Args:
+        n: Number of sentences, a positive integer.
+        seed: Random seed; the same seed gives the same corpus.
+        min_words: Minimum number of filler words.
+        max_words: Maximum number of filler words.
+        negation_rate: Probability of a negation before the planted word.
+
+    Returns:
+        A `SentimentCorpus`.
+
+    Example:
+
+    >>> corpus = make_sentiment_corpus(3, seed=1)
+    >>> len(corpus), corpus.labels.dtype.name
+    (3, 'int32')
+    >>> words = corpus.sentences[0].split()
+    >>> words[corpus.planted[0]] in POSITIVE_WORDS + NEGATIVE_WORDS
+    True
+    """
+    n = v.check_positive_int("n", n)
+    min_words = v.check_positive_int("min_words", min_words)
+    max_words = v.check_positive_int("max_words", max_words)
+    if max_words < min_words:
+        raise v.invalid("max_words", f"an integer >= min_words={min_words}", max_words)
+    negation_rate = v.check_probability("negation_rate", negation_rate, inclusive_high=True)
+    rng = np.random.default_rng(seed)
+    sentences, labels, planted, negated = [], [], [], []
+    for _ in range(n):
+        k = int(rng.integers(min_words, max_words + 1))
+        words = [FILLER_WORDS[i] for i in rng.integers(0, len(FILLER_WORDS), size=k)]
+        positive = bool(rng.integers(0, 2))
+        pool = POSITIVE_WORDS if positive else NEGATIVE_WORDS
+        word = pool[int(rng.integers(0, len(pool)))]
+        pos = int(rng.integers(0, k + 1))
+        neg = bool(rng.random() < negation_rate)
+        if neg:
+            words.insert(pos, NEGATION_WORDS[int(rng.integers(0, len(NEGATION_WORDS)))])
+            pos += 1
+        words.insert(pos, word)
+        sentences.append(" ".join(words))
+        labels.append(int(positive != neg))
+        planted.append(pos)
+        negated.append(neg)
+    return SentimentCorpus(
+        sentences=sentences,
+        labels=np.asarray(labels, dtype="int32"),
+        planted=np.asarray(planted, dtype="int32"),
+        negated=np.asarray(negated, dtype=bool),
+    )
