@@ -1,0 +1,518 @@
+"""Attention rollout, attention flow and per-head statistics (numpy only)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from kerastrace._utils import validation as v
+
+logger = logging.getLogger(__name__)
+
+_FUSIONS = ("mean", "max", "min")
+_FLOW_WARN_T = 64
+
+
+def _as_layers(weights, name="weights") -> tuple[list[str], list[np.ndarray]]:
+    """Normalize a dict / sequence / single array of (B, H, T, T) weights."""
+    if isinstance(weights, Mapping):
+        names = [str(k) for k in weights]
+        arrays = [np.asarray(w, dtype=np.float64) for w in weights.values()]
+    elif isinstance(weights, np.ndarray) and weights.ndim == 4:
+        names, arrays = ["layer_0"], [np.asarray(weights, dtype=np.float64)]
+    elif (isinstance(weights, Sequence) and not isinstance(weights, (str, bytes))) or (
+        isinstance(weights, np.ndarray) and weights.ndim == 5
+    ):
+        arrays = [np.asarray(w, dtype=np.float64) for w in weights]
+        names = [f"layer_{i}" for i in range(len(arrays))]
+    else:
+        raise TypeError(
+            f"Received an invalid value for argument `{name}`, expected a dict "
+            "{layer: (B, H, T, T) array}, a list of such arrays or one array. "
+            f"Received: {name}={type(weights).__name__}"
+        )
+    if not arrays:
+        raise v.invalid(name, "at least one layer of weights", weights)
+    shape = arrays[0].shape
+    for n, a in zip(names, arrays):
+        if (
+            a.ndim != 4
+            or a.shape[-1] != a.shape[-2]
+            or a.shape[0] != shape[0]
+            or a.shape[-1] != shape[-1]
+        ):
+            raise ValueError(
+                f"Received an invalid value for argument `{name}`, expected arrays of shape "
+                f"(B, H, T, T) with equal B and T. Received: {name}[{n!r}].shape={a.shape}"
+            )
+    return names, arrays
+
+
+def _as_mask(mask, b, t) -> np.ndarray:
+    if mask is None:
+        return np.ones((b, t), dtype=bool)
+    m = np.asarray(mask).astype(bool)
+    if m.ndim == 1:
+        m = np.broadcast_to(m, (b, t))
+    if m.shape != (b, t):
+        raise ValueError(
+            "Received an invalid value for argument `mask`, expected a boolean array of "
+            f"shape (B, T)=({b}, {t}), True on real tokens. Received: mask.shape={m.shape}"
+        )
+    return m
+
+
+def _fuse(a: np.ndarray, head_fusion: str) -> np.ndarray:
+    if head_fusion == "mean":
+        return a.mean(axis=1)
+    if head_fusion == "max":
+        return a.max(axis=1)
+    return a.min(axis=1)
+
+
+def _row_normalize(a):
+    s = a.sum(-1, keepdims=True)
+    return np.divide(a, s, out=np.zeros_like(a), where=s > 0)
+
+
+def _residual_matrices(weights, head_fusion, residual, mask):
+    v.check_one_of("head_fusion", head_fusion, _FUSIONS)
+    names, arrays = _as_layers(weights)
+    b, t = arrays[0].shape[0], arrays[0].shape[-1]
+    m = _as_mask(mask, b, t)
+    pair = (m[:, None, :, None] & m[:, None, None, :]).astype(np.float64)
+    eye = np.eye(t)[None] * m[:, :, None]
+    mats = []
+    for a in arrays:
+        fused = _row_normalize(_fuse(_row_normalize(a * pair), head_fusion))
+        if residual:
+            fused = _row_normalize(0.5 * fused + 0.5 * eye)
+        mats.append(fused)
+    return names, mats, m
+
+
+def attention_rollout(
+    weights,
+    *,
+    head_fusion: str = "mean",
+    residual: bool = True,
+    mask=None,
+) -> np.ndarray:
+    """Attention rollout: how much each input token reaches each output position.
+
+    Heads are fused (`head_fusion`), the residual connection is modelled as
+    `0.5 * A + 0.5 * I` and rows are re-normalized; the layers' matrices are
+    then multiplied from the first layer to the last:
+    `R = A_L @ ... @ A_1`. Masked positions (`mask` False) are removed first:
+    their rows and columns are zeroed and every other row renormalized over
+    the unmasked keys, so they receive and pass on nothing.
+
+    Args:
+        weights: `{layer: (B, H, T, T)}` in layer order (as returned by
+            `collect`), a list of such arrays, or one array.
+        head_fusion: How heads are combined: `"mean"`, `"max"` or `"min"`.
+        residual: Add the residual identity (the paper's default).
+        mask: Optional `(B, T)` boolean array, True on real tokens.
+
+    Returns:
+        Float array `(B, T, T)`: `R[b, i, j]` is the share of input token `j`
+        in output position `i`. Unmasked rows sum to 1.
+
+    Raises:
+        ValueError: for an unknown `head_fusion` or shapes that do not fit.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from kerastrace.attention import attention_rollout
+    >>> a = np.array([[[[1.0, 0.0], [1.0, 0.0]]]])  # (B=1, H=1, 2, 2)
+    >>> attention_rollout([a, a])[0].round(3).tolist()
+    [[1.0, 0.0], [0.75, 0.25]]
+
+    References:
+        - [Abnar & Zuidema, 2020, Quantifying Attention Flow in
+          Transformers](https://arxiv.org/abs/2005.00928)
+    """
+    _, mats, _ = _residual_matrices(weights, head_fusion, residual, mask)
+    out = mats[0]
+    for a in mats[1:]:
+        out = a @ out
+    return out.astype(np.float32)
+
+
+def _max_flow(cap: np.ndarray, s: int, t: int) -> float:
+    """Edmonds-Karp max-flow on a dense capacity matrix (BFS vectorized per level)."""
+    n = cap.shape[0]
+    res = cap.copy()
+    total = 0.0
+    eps = 1e-12
+    while True:
+        parent = np.full(n, -1)
+        parent[s] = s
+        frontier = np.array([s])
+        while frontier.size and parent[t] < 0:
+            reach = res[frontier] > eps
+            new = reach.any(axis=0) & (parent < 0)
+            idx = np.flatnonzero(new)
+            if not idx.size:
+                break
+            parent[idx] = frontier[np.argmax(reach[:, idx], axis=0)]
+            frontier = idx
+        if parent[t] < 0:
+            return total
+        path = []
+        node = t
+        while node != s:
+            path.append((parent[node], node))
+            node = parent[node]
+        us, vs = np.array(path).T
+        bottleneck = res[us, vs].min()
+        res[us, vs] -= bottleneck
+        res[vs, us] += bottleneck
+        total += bottleneck
+
+
+def _widest(a_top, a_bottom):
+    """(max, min) matrix product: best bottleneck through one intermediate node."""
+    return np.max(np.minimum(a_top[:, :, None], a_bottom[None, :, :]), axis=1)
+
+
+def attention_flow(
+    weights,
+    *,
+    head_fusion: str = "mean",
+    residual: bool = True,
+    mask=None,
+    method: str = "maxflow",
+) -> np.ndarray:
+    """Attention flow: max-flow from each output position to each input token.
+
+    The layers form a layered graph with `(L + 1) * T` nodes; the edge from
+    position `i` above layer `l` to position `j` below it has the capacity of
+    the (head-fused, residual-adjusted) attention `A_l[i, j]`, as in attention
+    rollout. The flow value from output node `i` to input node `j` is computed
+    with an exact max-flow (`method="maxflow"`, Edmonds-Karp in numpy; fine up
+    to T=64, slower beyond: a warning is logged) or with the cheaper
+    widest-path bound (`method="widest_path"`, the best single path's
+    bottleneck via a (max, min) matrix product). Each row is normalized to sum
+    to 1, as in the authors' code. Masked tokens are removed from the graph.
+
+    Args:
+        weights: `{layer: (B, H, T, T)}` in layer order, a list, or one array.
+        head_fusion: `"mean"`, `"max"` or `"min"` over heads.
+        residual: Model the residual connection as `0.5 * A + 0.5 * I`.
+        mask: Optional `(B, T)` boolean array, True on real tokens.
+        method: `"maxflow"` (exact) or `"widest_path"`.
+
+    Returns:
+        Float array `(B, T, T)`; `F[b, i, j]` is the normalized flow from output
+        position `i` to input token `j`.
+
+    Raises:
+        ValueError: for an unknown `head_fusion` or `method`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from kerastrace.attention import attention_flow
+    >>> a = np.array([[[[0.0, 1.0], [1.0, 0.0]]]])
+    >>> attention_flow([a], residual=False)[0].tolist()
+    [[0.0, 1.0], [1.0, 0.0]]
+
+    References:
+        - [Abnar & Zuidema, 2020, Quantifying Attention Flow in
+          Transformers](https://arxiv.org/abs/2005.00928)
+    """
+    v.check_one_of("method", method, ("maxflow", "widest_path"))
+    _, mats, m = _residual_matrices(weights, head_fusion, residual, mask)
+    b, t = m.shape
+    n_layers = len(mats)
+    if method == "maxflow" and t > _FLOW_WARN_T:
+        logger.warning(
+            "attention_flow(method='maxflow') on T=%d tokens runs %d max-flow problems per "
+            "example and may be slow; consider method='widest_path'.",
+            t,
+            t * t,
+        )
+    out = np.zeros((b, t, t))
+    for bi in range(b):
+        if method == "widest_path":
+            acc = mats[-1][bi]
+            for a in reversed(mats[:-1]):
+                acc = _widest(acc, a[bi])
+            flows = acc
+        else:
+            size = (n_layers + 1) * t
+            cap = np.zeros((size, size))
+            # node (level, pos) -> level * t + pos; level 0 = inputs, level L = outputs.
+            for li, a in enumerate(mats):
+                hi, lo = (li + 1) * t, li * t
+                cap[hi : hi + t, lo : lo + t] = a[bi]
+            flows = np.zeros((t, t))
+            top = n_layers * t
+            valid = np.flatnonzero(m[bi])
+            for i in valid:
+                for j in valid:
+                    flows[i, j] = _max_flow(cap, top + i, j)
+        out[bi] = _row_normalize(flows * (m[bi][:, None] & m[bi][None, :]))
+    return out.astype(np.float32)
+
+
+@dataclasses.dataclass
+class HeadStatistics:
+    """Per-head statistics of attention weights, one row per layer.
+
+    Attributes:
+        layers: Layer names, in order.
+        entropy: `(L, H)` mean entropy (nats) of the attention rows over
+            unmasked queries and keys. Uniform attention over `n` keys gives
+            `log(n)`.
+        distance: `(L, H)` mean attention distance `sum_j p_ij |i - j|` in
+            tokens over unmasked queries.
+        special_share: `(L, H)` mean share of attention on the special
+            positions, or None when none were given.
+    """
+
+    layers: list[str]
+    entropy: np.ndarray
+    distance: np.ndarray
+    special_share: np.ndarray | None = None
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.entropy.shape[1])
+
+    def scalars(self) -> dict[str, float]:
+        """Flat `{"entropy/<layer>/head_<h>": value, ...}` for logging."""
+        out = {}
+        for stat in ("entropy", "distance", "special_share"):
+            arr = getattr(self, stat)
+            if arr is None:
+                continue
+            for li, name in enumerate(self.layers):
+                for h in range(arr.shape[1]):
+                    out[f"{stat}/{name}/head_{h}"] = float(arr[li, h])
+        return out
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return {
+            "layers": list(self.layers),
+            "entropy": self.entropy.tolist(),
+            "distance": self.distance.tolist(),
+            "special_share": None if self.special_share is None else self.special_share.tolist(),
+        }
+
+
+def _special_positions(special, token_ids, special_ids, b, t):
+    if special is None and special_ids is None:
+        return None
+    if special is not None:
+        s = np.asarray(special)
+        if s.dtype == bool:
+            if s.ndim == 1:
+                s = np.broadcast_to(s, (b, t))
+            if s.shape != (b, t):
+                raise ValueError(
+                    "Received an invalid value for argument `special`, expected a (B, T) "
+                    f"boolean array or a list of positions. Received: special.shape={s.shape}"
+                )
+            return s
+        pos = np.zeros((b, t), dtype=bool)
+        pos[:, s.astype(int).ravel()] = True
+        return pos
+    if token_ids is None:
+        raise ValueError(
+            "Received an invalid value for argument `token_ids`: `special_ids` needs the "
+            "(B, T) token ids to find the special tokens. Received: token_ids=None"
+        )
+    ids = np.asarray(token_ids)
+    if ids.shape != (b, t):
+        raise ValueError(
+            "Received an invalid value for argument `token_ids`, expected shape "
+            f"(B, T)=({b}, {t}). Received: token_ids.shape={ids.shape}"
+        )
+    return np.isin(ids, np.asarray(list(special_ids)))
+
+
+def head_statistics(
+    weights,
+    *,
+    mask=None,
+    special=None,
+    token_ids=None,
+    special_ids=None,
+) -> HeadStatistics:
+    """Entropy, mean attention distance and share on special tokens per head.
+
+    Masked positions (`mask` False) are excluded: masked queries are not
+    averaged over, and the weights of each query are renormalized over its
+    unmasked keys first.
+
+    Args:
+        weights: `{layer: (B, H, T, T)}`, a list of such arrays, or one array.
+        mask: Optional `(B, T)` boolean array, True on real tokens.
+        special: Special positions: a `(B, T)` boolean array or a list of
+            positions (e.g. `[0]` for a leading `[CLS]`).
+        token_ids: `(B, T)` token ids, used with `special_ids`.
+        special_ids: Token ids counted as special (e.g. the ids of `[CLS]`
+            and `[SEP]`).
+
+    Returns:
+        A `HeadStatistics`.
+
+    Raises:
+        ValueError: for shapes that do not fit.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from kerastrace.attention import head_statistics
+    >>> w = np.full((1, 1, 4, 4), 0.25)
+    >>> stats = head_statistics(w, special=[0])
+    >>> round(float(stats.entropy[0, 0]), 4) == round(float(np.log(4)), 4)
+    True
+    >>> float(stats.special_share[0, 0]), float(stats.distance[0, 0])
+    (0.25, 1.25)
+    """
+    names, arrays = _as_layers(weights)
+    b, t = arrays[0].shape[0], arrays[0].shape[-1]
+    m = _as_mask(mask, b, t)
+    sp = _special_positions(special, token_ids, special_ids, b, t)
+    pair = (m[:, None, :, None] & m[:, None, None, :]).astype(np.float64)
+    qmask = m[:, None, :].astype(np.float64)  # (B, 1, Tq)
+    n_q = qmask.sum(axis=(0, 2))  # scalar-like per head broadcast
+    idx = np.arange(t)
+    dist = np.abs(idx[:, None] - idx[None, :]).astype(np.float64)
+    ent, dis, spe = [], [], []
+    for a in arrays:
+        p = _row_normalize(a * pair)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logp = np.where(p > 0, np.log(np.where(p > 0, p, 1.0)), 0.0)
+        h = -(p * logp).sum(-1)  # (B, H, Tq)
+        d = (p * dist).sum(-1)
+        denom = np.maximum(n_q, 1.0)
+        ent.append((h * qmask).sum(axis=(0, 2)) / denom)
+        dis.append((d * qmask).sum(axis=(0, 2)) / denom)
+        if sp is not None:
+            s = (p * sp[:, None, None, :]).sum(-1)
+            spe.append((s * qmask).sum(axis=(0, 2)) / denom)
+    return HeadStatistics(
+        layers=names,
+        entropy=np.array(ent),
+        distance=np.array(dis),
+        special_share=np.array(spe) if sp is not None else None,
+    )
+
+
+def _head_rows(arrays, m):
+    """Per head: (B, Tq, Tk) normalized rows over unmasked keys, and query mask."""
+    pair = (m[:, None, :, None] & m[:, None, None, :]).astype(np.float64)
+    heads = []
+    for li, a in enumerate(arrays):
+        p = _row_normalize(a * pair)
+        for h in range(a.shape[1]):
+            heads.append((li, h, p[:, h]))
+    return heads
+
+
+def head_similarity(
+    weights, *, mask=None, metric: str = "js"
+) -> tuple[list[tuple[str, int]], np.ndarray]:
+    """Pairwise similarity of all heads (of all layers) on the same inputs.
+
+    `metric="js"`: `1 - JS(p, q) / log(2)` averaged over unmasked queries
+    (1 for identical rows, 0 for disjoint ones). `metric="cosine"`: cosine
+    similarity of the flattened unmasked weights.
+
+    Args:
+        weights: `{layer: (B, H, T, T)}`, a list of such arrays, or one array.
+        mask: Optional `(B, T)` boolean array, True on real tokens.
+        metric: `"js"` or `"cosine"`.
+
+    Returns:
+        `(heads, sim)`: `heads` lists `(layer, head)` pairs and `sim` is the
+        symmetric `(N, N)` similarity matrix.
+
+    Raises:
+        ValueError: for an unknown metric.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from kerastrace.attention import head_similarity
+    >>> w = np.stack([np.eye(3), np.eye(3), np.full((3, 3), 1 / 3)])[None]
+    >>> heads, sim = head_similarity(w)
+    >>> sim.round(3)[0].tolist()
+    [1.0, 1.0, 0.541]
+    """
+    v.check_one_of("metric", metric, ("js", "cosine"))
+    names, arrays = _as_layers(weights)
+    b, t = arrays[0].shape[0], arrays[0].shape[-1]
+    m = _as_mask(mask, b, t)
+    heads = _head_rows(arrays, m)
+    n = len(heads)
+    sim = np.eye(n)
+    qm = m.astype(np.float64)
+    nq = max(qm.sum(), 1.0)
+    for i in range(n):
+        for j in range(i + 1, n):
+            p, q = heads[i][2], heads[j][2]
+            if metric == "cosine":
+                pm = (p * m[:, :, None] * m[:, None, :]).ravel()
+                qv = (q * m[:, :, None] * m[:, None, :]).ravel()
+                den = np.linalg.norm(pm) * np.linalg.norm(qv)
+                s = float(pm @ qv / den) if den > 0 else 0.0
+            else:
+                mid = 0.5 * (p + q)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    kl_p = np.where(
+                        p > 0, p * np.log(np.where(p > 0, p, 1) / np.where(mid > 0, mid, 1)), 0
+                    ).sum(-1)
+                    kl_q = np.where(
+                        q > 0, q * np.log(np.where(q > 0, q, 1) / np.where(mid > 0, mid, 1)), 0
+                    ).sum(-1)
+                js = 0.5 * (kl_p + kl_q) / np.log(2)
+                s = float(1.0 - (js * qm).sum() / nq)
+            sim[i, j] = sim[j, i] = s
+    return [(names[li], h) for li, h, _ in heads], sim
+
+
+def duplicate_heads(
+    weights, *, mask=None, threshold: float = 0.9, metric: str = "js"
+) -> list[tuple[tuple[str, int], tuple[str, int], float]]:
+    """Pairs of heads whose attention patterns are near-duplicates.
+
+    Args:
+        weights: `{layer: (B, H, T, T)}`, a list of such arrays, or one array.
+        mask: Optional `(B, T)` boolean array, True on real tokens.
+        threshold: Similarity (see `head_similarity`) at or above which two
+            heads count as duplicates, in `[0, 1]`.
+        metric: `"js"` or `"cosine"`.
+
+    Returns:
+        A list of `((layer_a, head_a), (layer_b, head_b), similarity)`, most
+        similar first.
+
+    Raises:
+        ValueError: for a threshold outside `[0, 1]` or an unknown metric.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from kerastrace.attention import duplicate_heads
+    >>> w = np.stack([np.eye(3), np.eye(3), np.full((3, 3), 1 / 3)])[None]
+    >>> duplicate_heads(w)
+    [(('layer_0', 0), ('layer_0', 1), 1.0)]
+    """
+    threshold = v.check_probability("threshold", threshold, inclusive_high=True)
+    heads, sim = head_similarity(weights, mask=mask, metric=metric)
+    pairs = []
+    for i in range(len(heads)):
+        for j in range(i + 1, len(heads)):
+            if sim[i, j] >= threshold:
+                pairs.append((heads[i], heads[j], round(float(sim[i, j]), 6)))
+    return sorted(pairs, key=lambda p: -p[2])
