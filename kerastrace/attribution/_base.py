@@ -1,0 +1,106 @@
+"""Base classes of the attribution family (Captum's `Attribution` hierarchy)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kerastrace._utils import validation as v
+from kerastrace.attribution import _core
+
+
+class Attribution:
+    """Base class: a model (or callable) explained by one verb, `attribute`.
+
+    Subclasses follow the same flow: normalize the inputs (an array, a tensor
+    or a tuple of them), validate them and the target, compute, and restore
+    the caller's structure (a tuple of inputs gives a tuple of numpy arrays
+    back).
+
+    Attributes:
+        has_convergence_delta: whether `attribute` accepts
+            `return_convergence_delta=True`.
+        multiplies_by_inputs: whether the attributions are multiplied by
+            `inputs - baselines` (global attribution) or not (local).
+    """
+
+    has_convergence_delta = False
+    multiplies_by_inputs = False
+
+    def __init__(self, model):
+        if model is None or not callable(model):
+            raise TypeError(
+                "Received an invalid value for argument `model`, expected a Keras model or "
+                f"a callable. Received: model={model!r}"
+            )
+        self.model = model
+        self._forward = _core.make_forward(model)
+        self._names = _core.model_input_names(model)
+        self._out_cache = {}
+        self.forward_engine = _core.ForwardEngine(self._forward)
+
+    # ------------------------------------------------------------ helpers
+    def _prepare(self, inputs, float_inputs=True):
+        xs, is_tuple = _core.normalize_inputs(inputs)
+        if float_inputs:
+            xs = _core.check_float_inputs(xs, self._names, type(self).__name__)
+        _core.check_finite(xs, names=self._names)
+        return xs, is_tuple
+
+    def _output_shapes(self, xs):
+        key = tuple((x.shape[1:], x.dtype.str) for x in xs)
+        if key not in self._out_cache:
+            specs = [_core.spec_for(x) for x in xs]
+            self._out_cache[key] = _core.output_info(self._forward, specs)
+        return self._out_cache[key]
+
+    def _target(self, target, xs):
+        return _core.normalize_target(target, xs[0].shape[0], self._output_shapes(xs))
+
+    def _scores(self, xs, target: _core.TargetSpec, chunk=None):
+        return self.forward_engine.scores(xs, target, chunk)
+
+    def attribute(self, inputs, target=None, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class GradientAttribution(Attribution):
+    """Base class of gradient methods; owns the compiled `GradientEngine`.
+
+    The model is called with `training=False`; gradients are float32 also for
+    mixed-precision models.
+    """
+
+    def __init__(self, model):
+        super().__init__(model)
+        #: Run the engine's Python body eagerly instead of the compiled graph
+        #: (same numbers, slower; for debugging).
+        self.run_eagerly = False
+        self.engine = _core.GradientEngine(lambda xs, ctx: self._forward(xs), self._names)
+
+    # subclasses implement: _compute(xs, target, **kwargs) -> tuple of arrays
+    def _compute(self, xs, target, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def _chunk(internal_batch_size, rows):
+        if internal_batch_size is None:
+            return max(1, int(rows))
+        return v.check_positive_int("internal_batch_size", internal_batch_size)
+
+    def _gradients(self, xs, target, internal_batch_size=None):
+        ones = np.ones((xs[0].shape[0], 1), np.float32)
+        chunk = self._chunk(internal_batch_size, xs[0].shape[0])
+        return self._run(xs, xs, ones, ones, target, chunk)
+
+    def _run(self, xs, bases, alphas, weights, target, chunk, ctx=()):
+        return self.engine.run(
+            xs, bases, alphas, weights, target, chunk, ctx=ctx, eager=self.run_eagerly
+        )
+
+    def compute_convergence_delta(self, attributions, start, end, target):
+        """`sum(attributions) - (f(end) - f(start))` per example."""
+        total = sum(
+            np.asarray(a, np.float64).reshape(a.shape[0], -1).sum(axis=1) for a in attributions
+        )
+        diff = self._scores(end, target).astype(np.float64) - self._scores(start, target)
+        return (total - diff).astype(np.float32)

@@ -1,0 +1,1 @@
+"""Attribution metrics (under construction)."""
