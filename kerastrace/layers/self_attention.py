@@ -273,22 +273,26 @@ class SelfAttention(keras.layers.Layer):
             )
 
     def _project_qkv(self, inputs):
+        """Fused projection -> q, k, v of shape (B, H, T, key_dim|value_dim)."""
         b, t = ops.shape(inputs)[0], ops.shape(inputs)[1]
         h, kd, vd = self.num_heads, self.key_dim, self.value_dim
         qkv = ops.matmul(inputs, self.qkv_kernel)
         if self.use_bias:
             qkv = qkv + self.qkv_bias
-        q = qkv[..., : h * kd]
-        k = qkv[..., h * kd : 2 * h * kd]
-        val = qkv[..., 2 * h * kd :]
+        if kd == vd:
+            # One transpose for all three; the gradient is a single stack.
+            qkv = ops.transpose(ops.reshape(qkv, (b, t, 3, h, kd)), (2, 0, 3, 1, 4))
+            q, k, val = ops.unstack(qkv, 3, axis=0)
+            return q, k, val
+        q, k, val = ops.split(qkv, [h * kd, 2 * h * kd], axis=-1)
         q = ops.transpose(ops.reshape(q, (b, t, h, kd)), (0, 2, 1, 3))
-        k = ops.transpose(ops.reshape(k, (b, t, h, kd)), (0, 2, 3, 1))
+        k = ops.transpose(ops.reshape(k, (b, t, h, kd)), (0, 2, 1, 3))
         val = ops.transpose(ops.reshape(val, (b, t, h, vd)), (0, 2, 1, 3))
         return q, k, val
 
     def _attend(self, q, k, val, attn_mask, training):
         """Scaled dot-product attention on projected heads -> (context, weights)."""
-        scores = ops.matmul(q * ops.cast(self._scale, q.dtype), k)
+        scores = ops.einsum("bhqd,bhkd->bhqk", q * ops.cast(self._scale, q.dtype), k)
         if scores.dtype != "float32":
             scores = ops.cast(scores, "float32")
         if attn_mask is None:
