@@ -1,1 +1,44 @@
-"""kerastrace.visualization (under construction)."""
+"""Matplotlib pictures of attention, attributions and profiles.
+
+`matplotlib.pyplot` is imported on the first plot call, not on import. Every
+function takes `ax=None` (multi-axes ones `fig=None`), returns `(fig, ax)` and
+never calls `plt.show()`.
+
+Example:
+
+>>> import numpy as np
+>>> from kerastrace import visualization as viz
+>>> fig, ax = viz.plot_attention_head(np.full((2, 2), 0.5), ["hi", "there"])
+>>> fig.get_size_inches().tolist() != []
+True
+"""
+
+from kerastrace.visualization._attention import (
+    plot_attention_head,
+    plot_head_statistics,
+    plot_model_view,
+    plot_rollout,
+)
+from kerastrace.visualization._attribution import (
+    TokenAttributionsHTML,
+    plot_feature_attributions,
+    plot_image_attribution,
+    plot_profile,
+    plot_token_attributions,
+    profile_rows,
+    token_attributions_html,
+)
+
+__all__ = [
+    "TokenAttributionsHTML",
+    "plot_attention_head",
+    "plot_feature_attributions",
+    "plot_head_statistics",
+    "plot_image_attribution",
+    "plot_model_view",
+    "plot_profile",
+    "plot_rollout",
+    "plot_token_attributions",
+    "profile_rows",
+    "token_attributions_html",
+]
