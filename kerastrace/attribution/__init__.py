@@ -18,7 +18,9 @@ Example:
 
 from kerastrace.attribution import metrics
 from kerastrace.attribution._base import Attribution, GradientAttribution
+from kerastrace.attribution.gradient_shap import GradientShap
 from kerastrace.attribution.integrated_gradients import IntegratedGradients
+from kerastrace.attribution.noise_tunnel import NoiseTunnel
 from kerastrace.attribution.saliency import InputXGradient, Saliency
 
 __all__ = [
@@ -27,5 +29,7 @@ __all__ = [
     "Saliency",
     "InputXGradient",
     "IntegratedGradients",
+    "NoiseTunnel",
+    "GradientShap",
     "metrics",
 ]

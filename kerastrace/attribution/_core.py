@@ -7,11 +7,11 @@ noisy or repeated) example and a point is one position on the straight path
 ``base_g + alpha[g, m] * (x_g - base_g)``. The rows are processed inside one
 `tf.function` by a `tf.while_loop` over fixed-size chunks of
 `internal_batch_size` rows (the last chunk is padded, so every chunk has the
-same static shape), and the weighted gradients are summed per segment. The
-scaled inputs are built inside the loop, so memory grows with the chunk size,
-not with the number of steps. The function has an `input_signature` with a
-free batch axis: new values, a new batch size or a new number of steps do not
-retrace.
+same shape), and the weighted gradients are summed per segment. The scaled
+inputs are built inside the loop, so memory grows with the chunk size, not
+with the number of steps. The function has an `input_signature` with a free
+batch axis and takes the chunk size as a scalar tensor: new values, targets,
+batch sizes, step counts or chunk sizes do not retrace.
 """
 
 from __future__ import annotations
@@ -272,9 +272,8 @@ class GradientEngine:
         self.trace_count = 0
         self._fns = {}
 
-    def _get(self, chunk, xs, ctx, target_fn):
+    def _get(self, xs, ctx, target_fn):
         key = (
-            chunk,
             tuple((a.shape[1:], a.dtype.str) for a in xs),
             tuple((a.shape[1:], a.dtype.str) for a in ctx),
             id(target_fn) if target_fn is not None else None,
@@ -285,7 +284,7 @@ class GradientEngine:
         n_x = len(xs)
         engine = self
 
-        def body(xs_t, bases_t, ctx_t, alphas, weights, target):
+        def body(xs_t, bases_t, ctx_t, alphas, weights, target, chunk):
             engine.trace_count += 1
             g_count = tf.shape(alphas)[0]
             m_count = tf.shape(alphas)[1]
@@ -341,6 +340,7 @@ class GradientEngine:
             tf.TensorSpec((None, None), F32),
             tf.TensorSpec((None, None), F32),
             tf.TensorSpec((None,), tf.int32),
+            tf.TensorSpec((), tf.int32),
         )
         fn = tf.function(body, input_signature=signature)
         self._fns[key] = fn
@@ -360,7 +360,7 @@ class GradientEngine:
         xs = tuple(np.asarray(x, np.float32) for x in xs)
         bases = tuple(np.asarray(b, np.float32) for b in bases)
         ctx = tuple(np.asarray(c) for c in ctx)
-        fn = self._get(chunk, xs, ctx, target.fn)
+        fn = self._get(xs, ctx, target.fn)
         args = (
             xs,
             bases,
@@ -368,6 +368,7 @@ class GradientEngine:
             np.asarray(alphas, np.float32),
             np.asarray(weights, np.float32),
             np.asarray(target.indices, np.int32),
+            np.int32(chunk),
         )
         if eager:
             out = fn.python_function(*(tf.nest.map_structure(tf.convert_to_tensor, args)))

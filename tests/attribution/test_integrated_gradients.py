@@ -136,6 +136,7 @@ def test_no_retrace_when_values_change(rng):
         x = rng.normal(size=(2 + i, 5)).astype("float32")
         ig.attribute(x, baselines=rng.normal(size=(5,)), target=i % 3, n_steps=5 + 3 * i,
                      internal_batch_size=6)
+        ig.attribute(x, target=[1] * len(x), n_steps=3 + i)  # one chunk of a new size
     assert ig.engine.trace_count == 1
     sal = Saliency(model)
     for t in range(3):
