@@ -1,1 +1,31 @@
-"""kerastrace.profiling (under construction)."""
+"""Per-layer compute breakdown of Keras models: parameters, FLOPs, memory, measured time.
+
+`profile_model(model, ...)` returns a `ModelProfile` with one `LayerProfile`
+row per layer (nested layers included), FLOPs from the TensorFlow profiler over
+the frozen forward graph (attention `Einsum` products counted too), and op
+times from a real `tf.profiler` trace kept for TensorBoard's profile plugin.
+
+Example:
+
+>>> import keras
+>>> from kerastrace.profiling import profile_model
+>>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, name="fc")])
+>>> profile = profile_model(model, batch_size=2, trace=False)
+>>> profile.total_flops  # 2 * 2 * 16 * 8 + 2 * 8
+528
+"""
+
+from kerastrace.profiling._trace import ProfilerBusyError
+from kerastrace.profiling.core import profile_model
+from kerastrace.profiling.loading import build_from_builder, load_model_for_profiling
+from kerastrace.profiling.result import FLOPS_CONVENTION, LayerProfile, ModelProfile
+
+__all__ = [
+    "FLOPS_CONVENTION",
+    "LayerProfile",
+    "ModelProfile",
+    "ProfilerBusyError",
+    "build_from_builder",
+    "load_model_for_profiling",
+    "profile_model",
+]

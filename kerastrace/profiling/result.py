@@ -1,0 +1,460 @@
+"""Result objects of `profile_model`: `LayerProfile` rows and the `ModelProfile` table."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from typing import Any
+
+from kerastrace._utils import validation as v
+
+FLOPS_CONVENTION = (
+    "FLOPs: forward pass, one multiply-add = 2 FLOPs (MACs = FLOPs / 2), "
+    "one FLOP per element for element-wise ops, 5 per element for softmax"
+)
+
+_SORT_KEYS = {
+    "path": ("path", False),
+    "flops": ("flops", True),
+    "self_flops": ("self_flops", True),
+    "macs": ("flops", True),
+    "params": ("params", True),
+    "self_params": ("self_params", True),
+    "output_bytes": ("output_bytes", True),
+    "time": ("time_ms", True),
+    "time_ms": ("time_ms", True),
+    "self_time": ("self_time_ms", True),
+    "self_time_ms": ("self_time_ms", True),
+    "share": ("time_share", True),
+}
+
+
+@dataclasses.dataclass
+class LayerProfile:
+    """One layer of a `ModelProfile`.
+
+    Totals (`params`, `flops`, `time_ms`) include the layer's sublayers; the
+    `self_*` values count only what the layer does outside its sublayers, so
+    summing `self_*` over all rows counts everything exactly once.
+
+    Attributes:
+        path: `/`-joined layer names from the model, e.g. `"model/block/attention"`.
+        class_name: The layer's class name.
+        depth: 0 for the model, 1 for its layers, 2 for their sublayers, ...
+        output_shape: Output shape(s) of the first call, batch included.
+        trainable_params: Trainable parameters (sublayers included).
+        non_trainable_params: Non-trainable parameters (sublayers included).
+        self_params: Parameters owned by the layer itself.
+        param_bytes: Bytes of the parameters (sublayers included).
+        flops: Forward FLOPs (sublayers included) at the profiled batch size.
+        self_flops: Forward FLOPs of the layer's own ops.
+        output_bytes: Bytes of the layer's outputs over all its calls.
+        calls: How many times the layer is called in one forward pass.
+        time_ms: Measured op time per step (sublayers included), `None` when not traced.
+        self_time_ms: Measured time of the layer's own ops per step.
+        time_share: `time_ms` over the whole traced op time.
+    """
+
+    path: str
+    class_name: str
+    depth: int
+    output_shape: Any
+    trainable_params: int
+    non_trainable_params: int
+    self_params: int
+    param_bytes: int
+    flops: int
+    self_flops: int
+    output_bytes: int
+    calls: int
+    time_ms: float | None = None
+    self_time_ms: float | None = None
+    time_share: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def params(self) -> int:
+        return self.trainable_params + self.non_trainable_params
+
+    @property
+    def macs(self) -> float:
+        """Multiply-accumulates, `flops / 2`."""
+        return self.flops / 2
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["params"] = self.params
+        d["macs"] = self.macs
+        return d
+
+
+def _human(n, unit="") -> str:
+    if n is None:
+        return "n/a"
+    n = float(n)
+    for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}{unit}"
+    return f"{n:.0f}{unit}" if n == int(n) else f"{n:.2f}{unit}"
+
+
+def _bytes(n) -> str:
+    if n is None:
+        return "n/a"
+    for suffix, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {suffix}"
+    return f"{int(n)} B"
+
+
+def _shape(s) -> str:
+    if s is None:
+        return ""
+    if isinstance(s, tuple) and all(isinstance(d, (int, type(None))) for d in s):
+        return "(" + ", ".join("None" if d is None else str(d) for d in s) + ")"
+    if isinstance(s, (list, tuple)):
+        return "[" + ", ".join(_shape(x) for x in s) + "]"
+    if isinstance(s, dict):
+        return "{" + ", ".join(f"{k}: {_shape(x)}" for k, x in s.items()) + "}"
+    return str(s)
+
+
+@dataclasses.dataclass
+class ModelProfile:
+    """Per-layer parameters, FLOPs, memory and measured time of a Keras model.
+
+    Rows are in model order (depth first). Everything the profiler measured
+    but could not tie to a layer is kept in `unassigned_flops` and
+    `unassigned_time_ms`, shown in the table footer and in the exports.
+
+    Attributes:
+        model_name: The model's name.
+        batch_size: Batch size of the profiled forward pass.
+        input_shapes: Shapes of the inputs that were profiled.
+        layers: The `LayerProfile` rows; `layers[0]` is the model itself.
+        total_flops: Forward FLOPs of the whole traced graph.
+        unassigned_flops: FLOPs of ops outside every layer's name scope.
+        total_params: `model.count_params()`.
+        trainable_params: Trainable parameters.
+        non_trainable_params: Non-trainable parameters.
+        param_bytes: Bytes of all parameters.
+        activation_bytes: Sum of the output bytes of the leaf layers.
+        uncounted_ops: Op type -> number of compute ops with no FLOP count.
+        counted_by_kerastrace: Op type -> number of ops counted by kerastrace
+            because the TF profiler registry has no count for them (e.g. `Einsum`).
+        time_available: Whether the measured-time columns are filled.
+        time_note: Why time is unavailable (or where it came from).
+        total_time_ms: Traced op time per step.
+        unassigned_time_ms: Traced op time per step outside every layer.
+        assigned_time_share: Share of the traced op time assigned to a layer.
+        step_time_ms: Wall time of a traced step (mean), `None` if not traced.
+        trace_dir: Folder holding the trace (TensorBoard profile plugin run).
+        peak_memory_bytes: Peak device memory during the profiled steps, when reported.
+        memory_note: What the device said about memory.
+        flops_convention: How FLOPs are counted.
+    """
+
+    model_name: str
+    batch_size: int
+    input_shapes: list
+    layers: list[LayerProfile]
+    total_flops: int
+    unassigned_flops: int
+    total_params: int
+    trainable_params: int
+    non_trainable_params: int
+    param_bytes: int
+    activation_bytes: int
+    uncounted_ops: dict = dataclasses.field(default_factory=dict)
+    counted_by_kerastrace: dict = dataclasses.field(default_factory=dict)
+    time_available: bool = False
+    time_note: str = ""
+    total_time_ms: float | None = None
+    unassigned_time_ms: float | None = None
+    assigned_time_share: float | None = None
+    step_time_ms: float | None = None
+    trace_dir: str | None = None
+    peak_memory_bytes: int | None = None
+    memory_note: str = ""
+    flops_convention: str = FLOPS_CONVENTION
+
+    # ------------------------------------------------------------------ access
+    @property
+    def total_macs(self) -> float:
+        return self.total_flops / 2
+
+    def __getitem__(self, path_or_name: str) -> LayerProfile:
+        """Row by full path, by path without the model name, or by unique layer name."""
+        for row in self.layers:
+            if row.path == path_or_name:
+                return row
+        root = self.layers[0].path + "/"
+        for row in self.layers:
+            if row.path == root + path_or_name:
+                return row
+        matches = [r for r in self.layers if r.name == path_or_name]
+        if len(matches) == 1:
+            return matches[0]
+        raise KeyError(
+            f"No single layer {path_or_name!r} in this profile; paths: "
+            f"{[r.path for r in self.layers][:20]}"
+        )
+
+    def fold(self, depth: int) -> ModelProfile:
+        """A copy where layers deeper than `depth` are folded into their ancestor.
+
+        The folded ancestor's `self_*` values absorb its descendants', so totals
+        and sums are unchanged.
+        """
+        depth = v.check_non_negative_int("depth", depth)
+        rows = {r.path: dataclasses.replace(r) for r in self.layers}
+        kept = []
+        for r in self.layers:
+            if r.depth <= depth:
+                kept.append(rows[r.path])
+                continue
+            anc = rows["/".join(r.path.split("/")[: depth + 1])]
+            anc.self_params += r.self_params
+            anc.self_flops += r.self_flops
+            if anc.self_time_ms is not None and r.self_time_ms is not None:
+                anc.self_time_ms += r.self_time_ms
+        return dataclasses.replace(self, layers=kept)
+
+    # ------------------------------------------------------------------ export
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["layers"] = [r.to_dict() for r in self.layers]
+        d["total_macs"] = self.total_macs
+        return d
+
+    def to_json(self, path: str | None = None, indent: int | None = 2) -> str:
+        """The profile as JSON (written to `path` when given); returns the text."""
+        text = json.dumps(self.to_dict(), indent=indent, default=_json_default)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    _CSV_FIELDS = (
+        "path class_name depth output_shape trainable_params non_trainable_params self_params "
+        "param_bytes flops self_flops macs output_bytes calls time_ms self_time_ms time_share"
+    ).split()
+
+    def to_csv(self, path: str | None = None) -> str:
+        """One CSV row per layer plus an `(unassigned)` row; returns the text."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self._CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for r in self.layers:
+            d = r.to_dict()
+            d["output_shape"] = _shape(d["output_shape"])
+            writer.writerow({k: d[k] for k in self._CSV_FIELDS})
+        writer.writerow(
+            {
+                "path": "(unassigned)",
+                "flops": self.unassigned_flops,
+                "self_flops": self.unassigned_flops,
+                "macs": self.unassigned_flops / 2,
+                "time_ms": self.unassigned_time_ms,
+                "self_time_ms": self.unassigned_time_ms,
+            }
+        )
+        text = buf.getvalue()
+        if path is not None:
+            with open(path, "w", newline="") as f:
+                f.write(text)
+        return text
+
+    def to_table(self, sort_by: str | None = None, top_k: int | None = None) -> str:
+        """A readable text table.
+
+        Args:
+            sort_by: `None` (model order, indented tree) or one of `"flops"`,
+                `"self_flops"`, `"macs"`, `"params"`, `"self_params"`,
+                `"output_bytes"`, `"time"`, `"self_time"`, `"share"`, `"path"`.
+            top_k: Show only the first `top_k` rows (after sorting).
+
+        Returns:
+            The table as a string, with totals, the unassigned part and notes.
+        """
+        rows = list(self.layers)
+        if sort_by is not None:
+            v.check_one_of("sort_by", sort_by, set(_SORT_KEYS))
+            attr, desc = _SORT_KEYS[sort_by]
+
+            def key(r):
+                val = getattr(r, attr)
+                if val is None:
+                    return (1, 0)
+                return (0, -val if desc else val)
+
+            rows.sort(key=key)
+        if top_k is not None:
+            rows = rows[: v.check_positive_int("top_k", top_k)]
+        header = [
+            "Layer", "Class", "Output shape", "Params", "Non-train", "FLOPs", "Self FLOPs",
+            "Out bytes", "Self ms", "Total ms", "Share",
+        ]  # fmt: skip
+        body = []
+        for r in rows:
+            label = ("  " * r.depth + r.name) if sort_by is None else r.path
+            body.append(
+                [
+                    label,
+                    r.class_name,
+                    _shape(r.output_shape),
+                    _human(r.params),
+                    _human(r.non_trainable_params),
+                    _human(r.flops),
+                    _human(r.self_flops),
+                    _bytes(r.output_bytes),
+                    "n/a" if r.self_time_ms is None else f"{r.self_time_ms:.3f}",
+                    "n/a" if r.time_ms is None else f"{r.time_ms:.3f}",
+                    "n/a" if r.time_share is None else f"{100 * r.time_share:.1f}%",
+                ]
+            )
+        widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in
+                  enumerate(header)]  # fmt: skip
+        widths[2] = min(widths[2], 40)
+
+        def fmt(cells):
+            out = []
+            for i, (c, w) in enumerate(zip(cells, widths)):
+                out.append(c.ljust(w) if i < 3 else c.rjust(w))
+            return "  ".join(out).rstrip()
+
+        lines = [f"Model profile: {self.model_name} (batch size {self.batch_size}, inputs "
+                 f"{_shape(self.input_shapes)})", fmt(header), "-" * len(fmt(header))]  # fmt: skip
+        lines += [fmt(b) for b in body]
+        lines.append("-" * len(fmt(header)))
+        lines.append(
+            f"Total: {_human(self.total_params)} params ({_human(self.trainable_params)} "
+            f"trainable, {_bytes(self.param_bytes)}), {_human(self.total_flops)} FLOPs = "
+            f"{_human(self.total_macs)} MACs, activations {_bytes(self.activation_bytes)}"
+        )
+        lines.append(f"Unassigned FLOPs (ops outside any layer): {_human(self.unassigned_flops)}")
+        if self.time_available:
+            lines.append(
+                f"Traced op time per step: {self.total_time_ms:.3f} ms, unassigned "
+                f"{self.unassigned_time_ms:.3f} ms ({100 * self.assigned_time_share:.1f}% "
+                f"assigned to layers); step wall time {_fmt_ms(self.step_time_ms)}"
+            )
+        else:
+            lines.append(f"Measured time: unavailable ({self.time_note})")
+        if self.trace_dir:
+            lines.append(f"Trace (TensorBoard profile plugin): {self.trace_dir}")
+        peak = _bytes(self.peak_memory_bytes) if self.peak_memory_bytes is not None else "n/a"
+        lines.append(f"Peak device memory: {peak} ({self.memory_note})")
+        if self.counted_by_kerastrace:
+            lines.append(
+                "Counted by kerastrace (no TF profiler count): "
+                + ", ".join(f"{k} x{n}" for k, n in sorted(self.counted_by_kerastrace.items()))
+            )
+        if self.uncounted_ops:
+            lines.append(
+                "Ops without a FLOP count (0 in the totals): "
+                + ", ".join(f"{k} x{n}" for k, n in sorted(self.uncounted_ops.items()))
+            )
+        lines.append(self.flops_convention)
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_table()
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelProfile(model_name={self.model_name!r}, layers={len(self.layers)}, "
+            f"total_params={self.total_params}, total_flops={self.total_flops}, "
+            f"time_available={self.time_available})"
+        )
+
+    # ------------------------------------------------------------------ pictures
+    def plot(self, ax=None, top_k: int = 20, leaves_only: bool = True):
+        """Bar chart of each layer's share of FLOPs and of measured time.
+
+        Args:
+            ax: Matplotlib axes to draw on; a new figure when `None`.
+            top_k: Number of layers shown (largest FLOPs first).
+            leaves_only: Plot layers without sublayers (their own work) rather
+                than every row.
+
+        Returns:
+            `(fig, ax)`.
+        """
+        from kerastrace._utils.lazy import pyplot
+
+        top_k = v.check_positive_int("top_k", top_k)
+        paths = {r.path for r in self.layers}
+        rows = [
+            r
+            for r in self.layers
+            if not leaves_only or not any(p.startswith(r.path + "/") for p in paths)
+        ]
+        rows = sorted(rows, key=lambda r: r.self_flops, reverse=True)[:top_k][::-1]
+        if ax is None:
+            fig, ax = pyplot().subplots(figsize=(8, max(2.5, 0.3 * len(rows) + 1)))
+        else:
+            fig = ax.figure
+        total_f = max(self.total_flops, 1)
+        y = list(range(len(rows)))
+        h = 0.4
+        ax.barh([i + h / 2 for i in y], [100 * r.self_flops / total_f for r in rows], h,
+                label="FLOPs %")  # fmt: skip
+        if self.time_available and self.total_time_ms:
+            ax.barh([i - h / 2 for i in y],
+                    [100 * (r.self_time_ms or 0) / self.total_time_ms for r in rows], h,
+                    label="time %")  # fmt: skip
+        ax.set_yticks(y)
+        ax.set_yticklabels([r.path.split("/", 1)[-1] for r in rows], fontsize=8)
+        ax.set_xlabel("share of the model (%)")
+        ax.set_title(f"{self.model_name}: FLOPs and time per layer (batch {self.batch_size})")
+        ax.legend(loc="lower right")
+        return fig, ax
+
+    def to_tensorboard(self, logdir: str, step: int = 0) -> str:
+        """Write the table (text summary) and the chart (image summary) to `logdir`.
+
+        The trace captured by `profile_model(..., logdir=logdir)` is already in
+        `logdir/plugins/profile/`, so TensorBoard shows all three.
+
+        Returns:
+            `logdir`.
+        """
+        import tensorflow as tf
+
+        from kerastrace._utils.lazy import pyplot
+
+        fig, _ = self.plot()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+        pyplot().close(fig)
+        image = tf.image.decode_png(buf.getvalue(), channels=4)[None]
+        writer = tf.summary.create_file_writer(logdir)
+        with writer.as_default():
+            text = "\n".join("    " + line for line in self.to_table().splitlines())
+            tf.summary.text("kerastrace/profile_table", text, step=step)
+            tf.summary.image("kerastrace/profile_chart", image, step=step)
+        writer.flush()
+        writer.close()
+        return logdir
+
+
+def _fmt_ms(x):
+    return "n/a" if x is None else f"{x:.3f} ms"
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, tuple):
+        return list(o)
+    return str(o)
