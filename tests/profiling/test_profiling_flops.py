@@ -134,7 +134,7 @@ def _mixed_model():
     shared = keras.layers.Dense(D, name="shared")
     x = shared(shared(x))  # called twice
     x = keras.layers.BatchNormalization(name="bn")(x)
-    inner = keras.Sequential([keras.layers.Dense(6, name="d1"), keras.layers.Dense(3)],
+    inner = keras.Sequential([keras.layers.Dense(6, name="d1"), keras.layers.Dense(3, name="d2")],
                              name="inner")  # fmt: skip
     x = inner(keras.layers.GlobalAveragePooling1D(name="pool")(x))
     return keras.Model(tokens, x, name="mixed")
@@ -154,7 +154,7 @@ def test_sums_match_totals_without_double_counting():
     assert rows[0].flops == 2 * (2 * 12 * D * D + 12 * D)
     assert rows[0].params == D * D + D
     # nested Sequential inside functional: children are listed and summed
-    assert p["inner"].flops == p["inner/d1"].flops + p["inner/dense"].flops
+    assert p["inner"].flops == p["inner/d1"].flops + p["inner/d2"].flops
     assert p["inner/d1"].flops == 2 * D * 6 + 6
 
 

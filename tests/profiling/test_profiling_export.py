@@ -1,0 +1,58 @@
+"""Exports: text table, JSON, CSV, matplotlib chart, TensorBoard summary."""
+
+import csv
+import glob
+import io
+import json
+
+import keras
+import pytest
+
+from kerastrace.profiling import profile_model
+
+
+@pytest.fixture(scope="module")
+def profile():
+    x = keras.Input((10,))
+    h = keras.layers.Dense(32, name="big")(x)
+    h = keras.layers.Dense(4, name="small")(h)
+    return profile_model(keras.Model(x, h, name="two"), trace=False)
+
+
+def test_table_sort_and_top_k(profile):
+    text = profile.to_table(sort_by="flops", top_k=2)
+    lines = [ln for ln in text.splitlines() if ln.startswith("two")]
+    assert [ln.split()[0] for ln in lines] == ["two", "two/big"]
+    assert "MACs" in text and "2 FLOPs" in text  # the convention is stated
+    assert str(profile) == profile.to_table()
+    with pytest.raises(ValueError, match="sort_by"):
+        profile.to_table(sort_by="nope")
+
+
+def test_json_and_csv(profile, tmp_path):
+    data = json.loads(profile.to_json(str(tmp_path / "p.json")))
+    assert data["total_flops"] == profile.total_flops == 2 * 10 * 32 + 32 + 2 * 32 * 4 + 4
+    assert [r["path"] for r in data["layers"]] == ["two", "two/big", "two/small"]
+    assert data["layers"][1]["macs"] == (2 * 10 * 32 + 32) / 2
+    rows = list(csv.DictReader(io.StringIO(profile.to_csv(str(tmp_path / "p.csv")))))
+    assert rows[-1]["path"] == "(unassigned)"
+    assert sum(int(r["self_flops"]) for r in rows) == profile.total_flops
+    assert (tmp_path / "p.csv").read_text().startswith("path,class_name")
+
+
+def test_plot_and_tensorboard(profile, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    fig2, ax2 = profile.plot(ax=ax)
+    assert fig2 is fig and ax2 is ax
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["small", "big"]
+    widths = sorted(round(b.get_width(), 3) for b in ax.patches)
+    big = 100 * (2 * 10 * 32 + 32) / profile.total_flops
+    assert widths[-1] == pytest.approx(big, abs=1e-3)
+    plt.close(fig)
+    profile.to_tensorboard(str(tmp_path))
+    assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
