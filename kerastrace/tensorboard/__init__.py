@@ -1,1 +1,41 @@
-"""kerastrace.tensorboard (under construction)."""
+"""TensorBoard views: `tf.summary` writers and Keras callbacks.
+
+Writers (`write_attention`, `write_token_attributions`, `write_head_statistics`,
+`write_profile`) take a log directory (or a `tf.summary.SummaryWriter`) and
+plain result objects. Callbacks (`AttentionMonitor`, `AttributionMonitor`,
+`GradientFlow`, `ProfileCallback`) log during `model.fit`; a failing callback
+logs the error and never stops training. Open the results with
+`tensorboard --logdir <logdir>`.
+"""
+
+from kerastrace.tensorboard._callbacks import (
+    AttentionMonitor,
+    AttributionMonitor,
+    GradientFlow,
+    ProfileCallback,
+    gradient_x_embedding,
+    jaccard_top_k,
+)
+from kerastrace.tensorboard._writers import (
+    figure_to_image,
+    get_writer,
+    write_attention,
+    write_head_statistics,
+    write_profile,
+    write_token_attributions,
+)
+
+__all__ = [
+    "AttentionMonitor",
+    "AttributionMonitor",
+    "GradientFlow",
+    "ProfileCallback",
+    "figure_to_image",
+    "get_writer",
+    "gradient_x_embedding",
+    "jaccard_top_k",
+    "write_attention",
+    "write_head_statistics",
+    "write_profile",
+    "write_token_attributions",
+]

@@ -1,0 +1,310 @@
+"""`tf.summary` writers for attention maps, attributions, head statistics and profiles."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from kerastrace._utils.lazy import pyplot
+
+_WRITERS: dict[str, tf.summary.SummaryWriter] = {}
+
+
+def get_writer(logdir_or_writer) -> tf.summary.SummaryWriter:
+    """A `tf.summary` writer: the given one, or a cached one per log directory."""
+    if isinstance(logdir_or_writer, tf.summary.SummaryWriter):
+        return logdir_or_writer
+    if isinstance(logdir_or_writer, (str, os.PathLike)):
+        key = os.path.abspath(os.fspath(logdir_or_writer))
+        if key not in _WRITERS:
+            _WRITERS[key] = tf.summary.create_file_writer(key)
+        return _WRITERS[key]
+    raise TypeError(
+        "Received an invalid value for argument `logdir_or_writer`, expected a log "
+        "directory path or a tf.summary.SummaryWriter. Received: "
+        f"logdir_or_writer={type(logdir_or_writer).__name__}"
+    )
+
+
+@contextlib.contextmanager
+def _writing(logdir_or_writer):
+    writer = get_writer(logdir_or_writer)
+    with writer.as_default():
+        yield writer
+    writer.flush()
+
+
+def figure_to_image(fig) -> np.ndarray:
+    """Render a matplotlib figure to a `(1, H, W, 4)` uint8 array and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    pyplot().close(fig)
+    return tf.image.decode_png(buf.getvalue(), channels=4)[None].numpy()
+
+
+def _check_step(step) -> int:
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(
+            "Received an invalid value for argument `step`, expected a non-negative "
+            f"integer. Received: step={step!r}"
+        )
+    return int(step)
+
+
+def _clean(tag: str) -> str:
+    return str(tag).replace(":", "_").replace(" ", "_")
+
+
+def _tokens_for(tokens, b, t):
+    """Per-example token lists (or positions)."""
+    if tokens is None:
+        return [[str(i) for i in range(t)] for _ in range(b)]
+    if len(tokens) and isinstance(tokens[0], str):
+        return [list(tokens)] * b
+    return [list(x) for x in tokens]
+
+
+def write_attention(
+    logdir_or_writer,
+    weights_by_layer: Mapping[str, np.ndarray],
+    tokens: Sequence[str] | Sequence[Sequence[str]] | None = None,
+    step: int = 0,
+    *,
+    batch: int = 0,
+    mask=None,
+    prefix: str = "attention",
+    per_layer: bool = True,
+) -> list[str]:
+    """Write attention pictures of one example as TensorBoard images.
+
+    Writes `"<prefix>/model_view"` (the layer x head grid) and, with
+    `per_layer=True`, one `"<prefix>/<layer path>"` image per layer with all
+    its heads. Masked positions are left out of the pictures.
+
+    Args:
+        logdir_or_writer: Log directory or a `tf.summary.SummaryWriter`.
+        weights_by_layer: `{layer: (B, H, T, T)}`, e.g. from
+            `kerastrace.attention.collect`.
+        tokens: `T` token strings, or one list per example.
+        step: Summary step (e.g. the epoch).
+        batch: Example to draw.
+        mask: Optional `(B, T)` or `(T,)` boolean array, True on real tokens.
+        prefix: Tag prefix.
+        per_layer: Also write one image per layer.
+
+    Returns:
+        The tags written.
+
+    Raises:
+        ValueError: for a bad `step` or shapes that do not fit.
+        TypeError: for a bad `logdir_or_writer`.
+
+    Example:
+
+    >>> import tempfile, numpy as np
+    >>> from kerastrace.tensorboard import write_attention
+    >>> w = {"block/attention": np.full((1, 2, 3, 3), 1 / 3)}
+    >>> write_attention(tempfile.mkdtemp(), w, ["a", "b", "c"], step=0)
+    ['attention/model_view', 'attention/block/attention']
+    """
+    from kerastrace.visualization import plot_model_view
+
+    step = _check_step(step)
+    first = np.asarray(next(iter(weights_by_layer.values())))
+    b, t = first.shape[0], first.shape[-1]
+    toks = _tokens_for(tokens, b, t)[batch]
+    m = None if mask is None else np.asarray(mask)
+    if m is not None and m.ndim == 2:
+        m = m[batch]
+    tags = []
+    with _writing(logdir_or_writer):
+        fig, _ = plot_model_view(weights_by_layer, toks, batch=batch, mask=m)
+        tags.append(f"{prefix}/model_view")
+        tf.summary.image(tags[-1], figure_to_image(fig), step=step)
+        if per_layer:
+            for name, w in weights_by_layer.items():
+                fig, _ = plot_model_view({name: w}, toks, batch=batch, mask=m, cell_size=2.4)
+                tags.append(_clean(f"{prefix}/{name}"))
+                tf.summary.image(tags[-1], figure_to_image(fig), step=step)
+    return tags
+
+
+def _markdown_tokens(scores, tokens, top_k):
+    order = np.argsort(-np.abs(scores), kind="stable")[:top_k]
+    top = set(order.tolist())
+    words = [f"**{tok}**" if i in top else tok for i, tok in enumerate(tokens)]
+    lines = [" ".join(words), "", "| rank | token | score |", "|---|---|---|"]
+    for r, i in enumerate(order, 1):
+        lines.append(f"| {r} | {tokens[i]} | {scores[i]:.4g} |")
+    return "\n".join(lines)
+
+
+def write_token_attributions(
+    logdir_or_writer,
+    scores,
+    tokens: Sequence[str] | Sequence[Sequence[str]],
+    step: int = 0,
+    *,
+    name: str = "attributions",
+    mask=None,
+    top_k: int = 5,
+    max_examples: int = 3,
+) -> list[str]:
+    """Write token scores as coloured-text images and a markdown text summary.
+
+    Per example `i` (up to `max_examples`): an image `"<name>/example_<i>"`
+    (red positive, blue negative) and a text `"<name>/example_<i>/text"` with
+    the sentence (top tokens in bold) and a table of the `top_k` tokens by
+    absolute score. Masked tokens are left out.
+
+    Args:
+        logdir_or_writer: Log directory or a `tf.summary.SummaryWriter`.
+        scores: `(T,)` or `(B, T)` token scores.
+        tokens: `T` token strings, or one list per example.
+        step: Summary step.
+        name: Tag prefix.
+        mask: Optional `(B, T)` or `(T,)` boolean array.
+        top_k: Rows in the text table.
+        max_examples: Examples written.
+
+    Returns:
+        The tags written.
+
+    Raises:
+        ValueError: for a bad `step` or shapes that do not fit.
+
+    Example:
+
+    >>> import tempfile
+    >>> from kerastrace.tensorboard import write_token_attributions
+    >>> write_token_attributions(tempfile.mkdtemp(), [0.9, -0.1], ["good", "film"])
+    ['attributions/example_0', 'attributions/example_0/text']
+    """
+    from kerastrace.visualization import plot_token_attributions
+
+    step = _check_step(step)
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim == 1:
+        s = s[None]
+    b, t = s.shape
+    toks = _tokens_for(tokens, b, t)
+    m = np.ones((b, t), bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), (b, t))
+    tags = []
+    with _writing(logdir_or_writer):
+        for i in range(min(b, max_examples)):
+            keep = np.flatnonzero(m[i])
+            fig, _ = plot_token_attributions(s[i], toks[i], mask=m[i])
+            tags.append(f"{name}/example_{i}")
+            tf.summary.image(tags[-1], figure_to_image(fig), step=step)
+            tags.append(f"{name}/example_{i}/text")
+            text = _markdown_tokens(s[i][keep], [toks[i][j] for j in keep], top_k)
+            tf.summary.text(tags[-1], text, step=step)
+    return tags
+
+
+def write_head_statistics(
+    logdir_or_writer,
+    stats,
+    step: int = 0,
+    *,
+    prefix: str = "heads",
+    image: bool = False,
+) -> list[str]:
+    """Write per-head statistics as scalars (and optionally heatmap images).
+
+    Tags: `"<prefix>/<stat>/<layer>/head_<h>"` for `entropy`, `distance` and,
+    when computed, `special_share`.
+
+    Args:
+        logdir_or_writer: Log directory or a `tf.summary.SummaryWriter`.
+        stats: A `kerastrace.attention.HeadStatistics` (anything with a
+            `scalars()` method returning `{tag: float}`, or such a dict).
+        step: Summary step.
+        prefix: Tag prefix.
+        image: Also write `"<prefix>/<stat>_chart"` heatmaps.
+
+    Returns:
+        The tags written.
+
+    Raises:
+        ValueError: for a bad `step`.
+
+    Example:
+
+    >>> import tempfile, numpy as np
+    >>> from kerastrace.attention import head_statistics
+    >>> from kerastrace.tensorboard import write_head_statistics
+    >>> stats = head_statistics({"l": np.full((1, 1, 2, 2), 0.5)})
+    >>> write_head_statistics(tempfile.mkdtemp(), stats)
+    ['heads/entropy/l/head_0', 'heads/distance/l/head_0']
+    """
+    step = _check_step(step)
+    scalars = stats.scalars() if hasattr(stats, "scalars") else dict(stats)
+    tags = []
+    with _writing(logdir_or_writer):
+        for tag, value in scalars.items():
+            tags.append(_clean(f"{prefix}/{tag}"))
+            tf.summary.scalar(tags[-1], float(value), step=step)
+        if image and hasattr(stats, "entropy"):
+            from kerastrace.visualization import plot_head_statistics
+
+            for stat in ("entropy", "distance", "special_share"):
+                if getattr(stats, stat, None) is None:
+                    continue
+                fig, _ = plot_head_statistics(stats, stat=stat)
+                tags.append(f"{prefix}/{stat}_chart")
+                tf.summary.image(tags[-1], figure_to_image(fig), step=step)
+    return tags
+
+
+def write_profile(
+    logdir_or_writer, profile, step: int = 0, *, name: str = "profile", top_k: int = 15
+) -> list[str]:
+    """Write a per-layer profile as a markdown table and a chart image.
+
+    Duck-typed: `profile` is any object with `.rows` (e.g.
+    `kerastrace.profiling.ModelProfile`) or a list of rows; each row is a dict
+    or object with `path`, `flops`, `time_ms` (and optionally `class_name`,
+    `params`).
+
+    Args:
+        logdir_or_writer: Log directory or a `tf.summary.SummaryWriter`.
+        profile: The profile (see above).
+        step: Summary step.
+        name: Tag prefix.
+        top_k: Layers in the chart.
+
+    Returns:
+        The tags written (`"<name>/table"`, `"<name>/chart"`).
+
+    Raises:
+        ValueError: for an empty profile or a bad `step`.
+        TypeError: for an object without rows.
+
+    Example:
+
+    >>> import tempfile
+    >>> from kerastrace.tensorboard import write_profile
+    >>> write_profile(tempfile.mkdtemp(), [{"path": "dense", "flops": 10, "time_ms": 0.2}])
+    ['profile/table', 'profile/chart']
+    """
+    from kerastrace.visualization import plot_profile, profile_rows
+
+    step = _check_step(step)
+    rows = profile_rows(profile)
+    lines = ["| layer | class | params | FLOPs | time (ms) |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['path']} | {r['class_name']} | {int(r['params'])} | {int(r['flops'])} | "
+            f"{r['time_ms']:.4g} |"
+        )
+    with _writing(logdir_or_writer):
+        tf.summary.text(f"{name}/table", "\n".join(lines), step=step)
+        fig, _ = plot_profile(profile, top_k=top_k)
+        tf.summary.image(f"{name}/chart", figure_to_image(fig), step=step)
+    return [f"{name}/table", f"{name}/chart"]

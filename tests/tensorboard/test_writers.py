@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+from _tb_events import read_events
+
+from kerastrace.attention import head_statistics
+from kerastrace.tensorboard import (
+    get_writer,
+    write_attention,
+    write_head_statistics,
+    write_profile,
+    write_token_attributions,
+)
+
+
+def _png_size(value):
+    w, h = int(value[0]), int(value[1])
+    assert value[2][:8] == b"\x89PNG\r\n\x1a\n"
+    return w, h
+
+
+def test_write_attention_images(tmp_path):
+    w = {"block/attention": np.full((2, 2, 4, 4), 0.25), "mha": np.eye(4)[None, None].repeat(2, 0)}
+    tags = write_attention(tmp_path, w, list("abcd"), step=3, mask=[[1, 1, 1, 0], [1, 1, 1, 1]])
+    assert tags == ["attention/model_view", "attention/block/attention", "attention/mha"]
+    ev = read_events(tmp_path)
+    assert set(tags) <= set(ev)
+    step, value = ev["attention/model_view"][0]
+    assert step == 3
+    w_px, h_px = _png_size(value)
+    assert w_px > 100 and h_px > 100
+
+
+def test_write_token_attributions_image_and_text(tmp_path):
+    scores = np.array([[0.1, -2.0, 0.5, 9.0], [1.0, 0.0, 0.0, 0.0]])
+    toks = [["a", "b", "c", "pad"], ["w", "x", "y", "z"]]
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
+    tags = write_token_attributions(tmp_path, scores, toks, step=2, mask=mask, top_k=2)
+    ev = read_events(tmp_path)
+    assert tags == [
+        "attributions/example_0",
+        "attributions/example_0/text",
+        "attributions/example_1",
+        "attributions/example_1/text",
+    ]
+    step, text = ev["attributions/example_0/text"][0]
+    assert step == 2
+    lines = text.splitlines()
+    assert lines[0] == "a **b** **c**"  # pad masked out, top-2 by |score| in bold
+    assert "| 1 | b | -2 |" in text and "pad" not in text
+    _png_size(ev["attributions/example_0"][0][1])
+
+
+def test_write_head_statistics_values(tmp_path):
+    w = np.full((1, 2, 4, 4), 0.25)
+    stats = head_statistics({"l": w}, special=[0])
+    tags = write_head_statistics(str(tmp_path), stats, step=5, image=True)
+    ev = read_events(tmp_path)
+    assert ev["heads/entropy/l/head_1"] == [(5, pytest.approx(np.log(4), abs=1e-6))]
+    assert ev["heads/special_share/l/head_0"] == [(5, pytest.approx(0.25))]
+    assert ev["heads/distance/l/head_0"][0][1] == pytest.approx(1.25)
+    assert "heads/entropy_chart" in tags and "heads/entropy_chart" in ev
+
+
+def test_write_profile_duck_typed(tmp_path):
+    class Row:
+        def __init__(self, path, flops, t):
+            self.path, self.flops, self.time_ms, self.class_name, self.params = (
+                path,
+                flops,
+                t,
+                "X",
+                3,
+            )
+
+    class Profile:
+        rows = [Row("block/attention", 1200, 0.5), Row("head", 40, 0.01)]
+
+    write_profile(tmp_path, Profile(), step=1)
+    ev = read_events(tmp_path)
+    table = ev["profile/table"][0][1]
+    assert "| block/attention | X | 3 | 1200 | 0.5 |" in table
+    _png_size(ev["profile/chart"][0][1])
+
+
+def test_writer_argument_and_step_validation(tmp_path):
+    writer = get_writer(tmp_path)
+    assert get_writer(str(tmp_path)) is writer and get_writer(writer) is writer
+    with pytest.raises(TypeError, match="logdir_or_writer"):
+        write_profile(42, [{"path": "a"}])
+    with pytest.raises(ValueError, match="step"):
+        write_head_statistics(tmp_path, {"x": 1.0}, step=-1)
