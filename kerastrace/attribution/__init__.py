@@ -20,6 +20,11 @@ from kerastrace.attribution import metrics
 from kerastrace.attribution._base import Attribution, GradientAttribution
 from kerastrace.attribution.gradient_shap import GradientShap
 from kerastrace.attribution.integrated_gradients import IntegratedGradients
+from kerastrace.attribution.layer import (
+    LayerGradientXActivation,
+    LayerIntegratedGradients,
+    token_scores,
+)
 from kerastrace.attribution.noise_tunnel import NoiseTunnel
 from kerastrace.attribution.saliency import InputXGradient, Saliency
 
@@ -31,5 +36,8 @@ __all__ = [
     "IntegratedGradients",
     "NoiseTunnel",
     "GradientShap",
+    "LayerIntegratedGradients",
+    "LayerGradientXActivation",
+    "token_scores",
     "metrics",
 ]

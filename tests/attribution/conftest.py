@@ -35,3 +35,16 @@ def smooth_mlp(n_in=5, n_out=3, seed=0, dtype=None):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def text_model(vocab=20, seq=6, dim=8, seed=0, classes=2):
+    """tokens -> Embedding(mask_zero) -> TransformerBlock -> masked mean -> Dense."""
+    from kerastrace.layers import TransformerBlock
+
+    keras.utils.set_random_seed(seed)
+    tokens = keras.Input((seq,), dtype="int32")
+    h = keras.layers.Embedding(vocab, dim, mask_zero=True, name="emb")(tokens)
+    h, _ = TransformerBlock(num_heads=2, ff_dim=16, activation="gelu", name="block")(h)
+    pooled = keras.layers.GlobalAveragePooling1D(name="pool")(h)
+    out = keras.layers.Dense(classes, activation="tanh", name="head")(pooled)
+    return keras.Model(tokens, out)
