@@ -263,7 +263,8 @@ def aggregate_to_spans(
         per_example = [spans] if single else list(spans)
         if len(per_example) != len(rows):
             raise invalid(
-                "spans", f"one list of (start, end) spans per example ({len(rows)})",
+                "spans",
+                f"one list of (start, end) spans per example ({len(rows)})",
                 f"{len(per_example)} lists",
             )
     out = []

@@ -154,13 +154,13 @@ class Tokenizer:
             from kerastrace.text.vocabulary import load_vocabulary
 
             vocab = load_vocabulary(vocab)
-        if not isinstance(vocab, Sequence) or not all(
-            isinstance(t, str) and t for t in vocab
-        ):
+        if not isinstance(vocab, Sequence) or not all(isinstance(t, str) and t for t in vocab):
             raise invalid("vocab", "a list of non-empty token strings or a vocab file path", vocab)
         self.vocab = list(vocab)
         if len(set(self.vocab)) != len(self.vocab):
-            raise invalid("vocab", "distinct tokens", f"a list of {len(self.vocab)} tokens with duplicates")
+            raise invalid(
+                "vocab", "distinct tokens", f"a list of {len(self.vocab)} tokens with duplicates"
+            )
         self.sequence_length = check_positive_int("sequence_length", sequence_length)
         self.lower_case = check_bool("lower_case", lower_case)
         self.add_special_tokens = check_bool("add_special_tokens", add_special_tokens)
@@ -202,8 +202,8 @@ class Tokenizer:
                 no_pretokenization=True,
             )
         spec = [tf.TensorSpec([None], tf.string)]
-        self._ragged_fn = tf.function(self._ragged_tokens, input_signature=spec)
-        self._dense_fn = tf.function(self._dense_tokens, input_signature=spec)
+        self._ragged_fn = tf.function(self._ragged_tokens, input_signature=spec, autograph=False)
+        self._dense_fn = tf.function(self._dense_tokens, input_signature=spec, autograph=False)
 
     # ------------------------------------------------------------------ graph
     @property
@@ -215,36 +215,46 @@ class Tokenizer:
         return self.sequence_length - (2 if self.add_special_tokens else 0)
 
     def _ragged_tokens(self, strings):
-        """(B,) strings -> ragged (B, N) ids, original byte starts/ends, word ids."""
+        """(B,) strings -> ragged (B, N) ids, original byte starts/ends, word ids.
+
+        Works on flat values rather than ragged broadcasting: tracing stays fast.
+        """
         words, w_start, _, n2o = pre.split_words_with_offsets(strings, self.lower_case)
-        ids, t_start, t_end = self._wordpiece.tokenize_with_offsets(words)
-        w_start = tf.expand_dims(w_start, axis=2)
-        t_start = (t_start + w_start).merge_dims(1, 2)
-        t_end = (t_end + w_start).merge_dims(1, 2)
-        pieces_per_word = ids.values.row_lengths()
-        flat_ids = ids.merge_dims(1, 2)
-        local_word = tf.ragged.range(words.row_lengths()).flat_values
-        word_ids = tf.RaggedTensor.from_row_lengths(
-            tf.repeat(tf.cast(local_word, tf.int32), pieces_per_word),
-            flat_ids.row_lengths(),
+        ids, t_start, t_end = self._wordpiece.tokenize_with_offsets(words)  # (B, W, T)
+        pieces_per_word = ids.values.row_lengths()  # (total words,)
+        pieces_per_text = tf.math.unsorted_segment_sum(
+            pieces_per_word, words.value_rowids(), num_segments=words.nrows()
         )
-        o_start = tf.gather(n2o, t_start, axis=-1, batch_dims=-1)
-        o_end = tf.gather(n2o, t_end, axis=-1, batch_dims=-1)
-        return flat_ids, o_start, o_end, word_ids
+        flat_ids = tf.RaggedTensor.from_row_lengths(ids.flat_values, pieces_per_text)
+        # Byte offsets into the normalized text, then through the normalizer's map.
+        word_start = tf.repeat(w_start.flat_values, pieces_per_word)
+        text_of_piece = flat_ids.value_rowids()
+        base = tf.gather(n2o.row_splits, text_of_piece)
+        o_start = tf.gather(n2o.flat_values, base + word_start + t_start.flat_values)
+        o_end = tf.gather(n2o.flat_values, base + word_start + t_end.flat_values)
+        # Word index within its text.
+        word_in_text = tf.range(tf.shape(words.flat_values, out_type=tf.int64)[0]) - tf.gather(
+            words.row_splits, words.value_rowids()
+        )
+        word_ids = tf.cast(tf.repeat(word_in_text, pieces_per_word), tf.int32)
+        like = flat_ids.with_flat_values
+        return flat_ids, like(o_start), like(o_end), like(word_ids)
 
     def _dense_tokens(self, strings):
-        ids = self._ragged_tokens(strings)[0][:, : self._max_pieces]
+        flat_ids = self._ragged_tokens(strings)[0]
+        pad = tf.constant(self.pad_id, tf.int32)
+        body = flat_ids.to_tensor(default_value=pad, shape=[None, self._max_pieces])
+        lengths = tf.minimum(flat_ids.row_lengths(), self._max_pieces)
         if self.add_special_tokens:
-            n = ids.nrows()
-            cls = tf.RaggedTensor.from_tensor(tf.fill([n, 1], tf.constant(self.cls_id, tf.int32)))
-            sep = tf.RaggedTensor.from_tensor(tf.fill([n, 1], tf.constant(self.sep_id, tf.int32)))
-            ids = tf.concat([cls, ids, sep], axis=1)
-        lengths = ids.row_lengths()
-        dense = ids.to_tensor(
-            default_value=tf.constant(self.pad_id, tf.int32), shape=[None, self.sequence_length]
-        )
+            n = tf.shape(body)[0]
+            cls = tf.fill([n, 1], tf.constant(self.cls_id, tf.int32))
+            body = tf.concat([cls, body, tf.fill([n, 1], pad)], axis=1)
+            positions = tf.range(self.sequence_length, dtype=tf.int64)[None, :]
+            is_sep = tf.equal(positions, lengths[:, None] + 1)
+            body = tf.where(is_sep, tf.constant(self.sep_id, tf.int32), body)
+            lengths = lengths + 2
         mask = tf.sequence_mask(lengths, self.sequence_length)
-        return dense, mask
+        return body, mask
 
     def tf_tokenize(self, strings) -> tuple[tf.Tensor, tf.Tensor]:
         """Tokenize with TensorFlow ops only (for `tf.data` and `tf.function`).

@@ -172,9 +172,7 @@ def save_vocabulary(vocab: Sequence[str], path: str | os.PathLike) -> str:
     tokens = list(vocab)
     for token in tokens:
         if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
-            raise invalid(
-                "vocab", "non-empty token strings without line breaks", token
-            )
+            raise invalid("vocab", "non-empty token strings without line breaks", token)
     if len(set(tokens)) != len(tokens):
         seen, dup = set(), None
         for t in tokens:

@@ -16,14 +16,34 @@ from kerastrace.text import (
     save_vocabulary,
 )
 
-WORDS = ["the", "movie", "was", "great", "terrible", "plot", "actors", "Crème", "brûlée",
-         "café", "我喜欢", "电影", "😀", "👍", "Straße", "naïve", "not", "really"]
+WORDS = [
+    "the",
+    "movie",
+    "was",
+    "great",
+    "terrible",
+    "plot",
+    "actors",
+    "Crème",
+    "brûlée",
+    "café",
+    "我喜欢",
+    "电影",
+    "😀",
+    "👍",
+    "Straße",
+    "naïve",
+    "not",
+    "really",
+]
 
 
 def make_corpus(n=120, seed=0):
     rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=rng.integers(3, 9))) + rng.choice([".", "!", ""])
-            for _ in range(n)]
+    return [
+        " ".join(rng.choice(WORDS, size=rng.integers(3, 9))) + rng.choice([".", "!", ""])
+        for _ in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +135,9 @@ def test_invalid_arguments(corpus, tmp_path):
 
 
 def test_import_is_lazy():
-    code = (
-        "import sys, kerastrace, kerastrace.text; "
-        "print('tensorflow_text' in sys.modules)"
-    )
+    code = "import sys, kerastrace, kerastrace.text; print('tensorflow_text' in sys.modules)"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
     assert out.stdout.strip() == "False"
