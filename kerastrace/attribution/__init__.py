@@ -26,6 +26,7 @@ from kerastrace.attribution.layer import (
     token_scores,
 )
 from kerastrace.attribution.noise_tunnel import NoiseTunnel
+from kerastrace.attribution.occlusion import Occlusion
 from kerastrace.attribution.saliency import InputXGradient, Saliency
 
 __all__ = [
@@ -39,5 +40,6 @@ __all__ = [
     "LayerIntegratedGradients",
     "LayerGradientXActivation",
     "token_scores",
+    "Occlusion",
     "metrics",
 ]
