@@ -18,6 +18,7 @@ Example:
 
 from kerastrace.attribution import metrics
 from kerastrace.attribution._base import Attribution, GradientAttribution
+from kerastrace.attribution.attention import AttentionXGradient, GradientWeightedRollout
 from kerastrace.attribution.gradient_shap import GradientShap
 from kerastrace.attribution.integrated_gradients import IntegratedGradients
 from kerastrace.attribution.layer import (
@@ -41,5 +42,7 @@ __all__ = [
     "LayerGradientXActivation",
     "token_scores",
     "Occlusion",
+    "AttentionXGradient",
+    "GradientWeightedRollout",
     "metrics",
 ]
