@@ -17,6 +17,7 @@ from kerastrace.tensorboard._callbacks import (
     jaccard_top_k,
 )
 from kerastrace.tensorboard._writers import (
+    attention_grid_image,
     figure_to_image,
     get_writer,
     write_attention,
@@ -28,6 +29,7 @@ from kerastrace.tensorboard._writers import (
 __all__ = [
     "AttentionMonitor",
     "AttributionMonitor",
+    "attention_grid_image",
     "GradientFlow",
     "ProfileCallback",
     "figure_to_image",

@@ -88,6 +88,10 @@ class AttentionMonitor(_Monitor):
         special: Special positions for `special_share` (see
             `kerastrace.attention.head_statistics`), e.g. `[0]`.
         write_images: Write the pictures (scalars are always written).
+        image_style: `"fast"` (default; heatmap grid rendered straight to
+            pixels, tokens as text, cheap enough for every epoch) or
+            `"figure"` (labelled matplotlib figures, slower). See
+            `write_attention`.
 
     Example:
 
@@ -116,6 +120,7 @@ class AttentionMonitor(_Monitor):
         pad_id: int | None = None,
         special=None,
         write_images: bool = True,
+        image_style: str = "fast",
     ):
         super().__init__(logdir, every_n_epochs)
         self.probe_inputs = probe_inputs
@@ -123,6 +128,7 @@ class AttentionMonitor(_Monitor):
         self.mask = _mask_from(probe_inputs, mask, pad_id)
         self.special = special
         self.write_images = v.check_bool("write_images", write_images)
+        self.image_style = v.check_one_of("image_style", image_style, ("fast", "figure"))
         self.last_statistics = None
 
     @_safe
@@ -136,7 +142,14 @@ class AttentionMonitor(_Monitor):
         self.last_statistics = stats
         write_head_statistics(self.writer, stats, step=epoch)
         if self.write_images:
-            write_attention(self.writer, weights, self.tokens, step=epoch, mask=self.mask)
+            write_attention(
+                self.writer,
+                weights,
+                self.tokens,
+                step=epoch,
+                mask=self.mask,
+                style=self.image_style,
+            )
 
 
 def _find_embedding(model):
@@ -373,19 +386,47 @@ class GradientFlow(_Monitor):
         self.last_norms: dict[str, float] = {}
         self._fn = None
 
-    def _grads_fn(self):
+    def _layer_path(self, var):
+        path = getattr(var, "path", var.name)
+        if path.startswith(self.model.name + "/"):
+            path = path[len(self.model.name) + 1 :]
+        return path
+
+    def _build(self):
+        """One cached tf.function: gradients, per-layer norms and all summaries."""
         model = self.model
         variables = list(model.trainable_weights)
+        paths = [self._layer_path(var) for var in variables]
+        layer_of = [p.rsplit("/", 1)[0] if "/" in p else p for p in paths]
+        groups: dict[str, list[int]] = {}
+        for i, lp in enumerate(layer_of):
+            groups.setdefault(lp, []).append(i)
         sw = self.probe_batch[2] if len(self.probe_batch) == 3 else None
+        writer = self.writer
+        histograms = self.histograms
 
         @tf.function(reduce_retracing=True)
-        def fn(x, y):
+        def fn(x, y, step):
             with tf.GradientTape() as tape:
                 y_pred = model(x, training=False)
                 loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sw)
-            return tape.gradient(loss, variables)
+            grads = tape.gradient(loss, variables)
+            grads = [
+                tf.zeros_like(var) if g is None else tf.cast(tf.convert_to_tensor(g), tf.float32)
+                for var, g in zip(variables, grads)
+            ]
+            norms = {}
+            with writer.as_default(step=step):
+                for lp, idx in groups.items():
+                    sq = tf.add_n([tf.reduce_sum(tf.square(grads[i])) for i in idx])
+                    norms[lp] = tf.sqrt(sq)
+                    tf.summary.scalar(f"gradient_norm/{lp}", norms[lp])
+                if histograms:
+                    for path, g in zip(paths, grads):
+                        tf.summary.histogram(f"gradient/{path}", g)
+            return norms
 
-        return variables, fn
+        return fn
 
     @_safe
     def on_train_begin(self, logs=None):
@@ -396,33 +437,10 @@ class GradientFlow(_Monitor):
         if not self._due(epoch):
             return
         if self._fn is None:
-            self._fn = self._grads_fn()
-        variables, fn = self._fn
-        grads = fn(self.probe_batch[0], self.probe_batch[1])
-        groups: dict[str, list] = {}
-        with self.writer.as_default():
-            for var, g in zip(variables, grads):
-                path = getattr(var, "path", var.name)
-                if path.startswith(self.model.name + "/"):
-                    path = path[len(self.model.name) + 1 :]
-                layer_path = path.rsplit("/", 1)[0] if "/" in path else path
-                if g is None:
-                    g = tf.zeros_like(var)
-                elif isinstance(g, tf.IndexedSlices):
-                    g = tf.convert_to_tensor(g)
-                groups.setdefault(layer_path, []).append(g)
-                if self.histograms:
-                    tf.summary.histogram(f"gradient/{path}", g, step=epoch)
-            norms = {}
-            for layer_path, gs in groups.items():
-                norm = float(
-                    tf.sqrt(
-                        tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in gs])
-                    )
-                )
-                norms[layer_path] = norm
-                tf.summary.scalar(f"gradient_norm/{layer_path}", norm, step=epoch)
+            self._fn = self._build()
+        out = self._fn(self.probe_batch[0], self.probe_batch[1], tf.constant(epoch, tf.int64))
         self.writer.flush()
+        norms = {k: float(val) for k, val in out.items()}
         self.last_norms = norms
         for layer_path, norm in norms.items():
             if not np.isfinite(norm) or norm > self.explode_threshold:

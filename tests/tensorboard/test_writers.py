@@ -89,3 +89,26 @@ def test_writer_argument_and_step_validation(tmp_path):
         write_profile(42, [{"path": "a"}])
     with pytest.raises(ValueError, match="step"):
         write_head_statistics(tmp_path, {"x": 1.0}, step=-1)
+
+
+def test_fast_style_grid_pixels(tmp_path):
+    from kerastrace.tensorboard import attention_grid_image
+
+    w = np.zeros((1, 2, 3, 3))
+    w[0, 0] = np.eye(3)
+    w[0, 1] = 1 / 3
+    img = attention_grid_image({"l": w}, mask=[1, 1, 0], cell=10)
+    # 2 masked-out positions -> 2x2 cells of 5 px, 2 px separators
+    assert img.shape == (1, 2 + 10 + 2, 2 + 2 * (10 + 2), 3) and img.dtype == np.uint8
+    cell0 = img[0, 2:12, 2:12]
+    np.testing.assert_array_equal(cell0[0, 0], cell0[9, 9])  # diagonal: max colour
+    assert not np.array_equal(cell0[0, 0], cell0[0, 9])  # off-diagonal: min colour
+    tags = write_attention(
+        tmp_path, {"l": w}, ["a", "b", "c"], step=1, mask=[1, 1, 0], style="fast"
+    )
+    ev = read_events(tmp_path)
+    assert tags == ["attention/model_view", "attention/l", "attention/tokens"]
+    assert ev["attention/tokens"][0][1].endswith("tokens: a b")
+    assert _png_size(ev["attention/model_view"][0][1]) == (2 + 2 * (96 + 2), 2 + 96 + 2)  # default cell=96
+    with pytest.raises(ValueError, match="style"):
+        write_attention(tmp_path, {"l": w}, style="nope")
