@@ -124,27 +124,33 @@ def aggregate_to_words(
     """
     reduce = check_one_of("reduce", reduce, _REDUCTIONS)
     rows, single = _rows(token_scores, tokenized, index)
-    out = []
-    for b, scores in rows:
-        wid = tokenized.word_ids[b]
-        valid = wid >= 0
-        n_words = len(tokenized.words[b])
-        w = wid[valid]
-        s = scores[valid]
-        counts = np.bincount(w, minlength=n_words)
-        if reduce == "max":
-            agg = np.full(n_words, -np.inf)
-            np.maximum.at(agg, w, s)
-        else:
-            agg = np.bincount(w, weights=s, minlength=n_words)
-            if reduce == "mean":
-                agg = agg / np.maximum(counts, 1)
-        text = tokenized.texts[b]
-        result = []
-        for k in np.flatnonzero(counts).tolist():
-            start, end = tokenized.word_offsets[b][k]
-            result.append(WordScore(text[start:end], (start, end), float(agg[k])))
-        out.append(result)
+    if not rows:
+        return []
+    # One vectorized pass over the whole batch: key = row * n_max + word.
+    examples = [b for b, _ in rows]
+    scores = np.stack([r for _, r in rows])
+    wid = tokenized.word_ids[examples].astype(np.int64)
+    n_max = max([len(tokenized.words[b]) for b in examples] + [1])
+    valid = wid >= 0
+    keys = (np.arange(len(rows))[:, None] * n_max + wid)[valid]
+    s = scores[valid]
+    size = len(rows) * n_max
+    counts = np.bincount(keys, minlength=size)
+    if reduce == "max":
+        agg = np.full(size, -np.inf)
+        np.maximum.at(agg, keys, s)
+    else:
+        agg = np.bincount(keys, weights=s, minlength=size)
+        if reduce == "mean":
+            agg = agg / np.maximum(counts, 1)
+    present = np.flatnonzero(counts)
+    out = [[] for _ in rows]
+    agg_list = agg[present].tolist()
+    for key, value in zip(present.tolist(), agg_list):
+        r, k = divmod(key, n_max)
+        b = examples[r]
+        start, end = tokenized.word_offsets[b][k]
+        out[r].append(WordScore(tokenized.words[b][k], (start, end), value))
     return out[0] if single else out
 
 

@@ -119,6 +119,7 @@ def build_vocabulary(
         "tensorflow_text.tools.wordpiece_vocab.wordpiece_tokenizer_learner_lib"
     )
 
+    @tf.autograph.experimental.do_not_convert
     def words_fn(batch):
         return pre.split_words(batch, lower_case)
 
