@@ -34,9 +34,7 @@ def approximation_parameters(method: str, n_steps: int):
         alphas, weights = (k + 0.5) / n, np.full(n, 1.0 / n)
     elif method == "riemann_trapezoid":
         if n < 2:
-            raise v.invalid(
-                "n_steps", "an integer >= 2 for method='riemann_trapezoid'", n_steps
-            )
+            raise v.invalid("n_steps", "an integer >= 2 for method='riemann_trapezoid'", n_steps)
         alphas = np.linspace(0.0, 1.0, n)
         weights = np.full(n, 1.0 / (n - 1))
         weights[0] /= 2
@@ -159,9 +157,7 @@ class IntegratedGradients(GradientAttribution):
         alphas, weights = approximation_parameters(method, n_steps)
         g = xs[0].shape[0]
         chunk = self._chunk(internal_batch_size, g * n_steps)
-        acc = self._run(
-            xs, bases, np.tile(alphas, (g, 1)), np.tile(weights, (g, 1)), target, chunk
-        )
+        acc = self._run(xs, bases, np.tile(alphas, (g, 1)), np.tile(weights, (g, 1)), target, chunk)
         if not self.multiplies_by_inputs:
             return acc
         return tuple((x - b) * a for x, b, a in zip(xs, bases, acc))

@@ -17,9 +17,12 @@ def _per_input(value, xs, name, default=None):
     """One shape tuple per input from an int/tuple or a tuple of them."""
     if value is None:
         value = default
-    if len(xs) == 1 and (isinstance(value, numbers.Integral) or (
-        isinstance(value, (tuple, list)) and all(isinstance(t, numbers.Integral) for t in value)
-    )):
+    if len(xs) == 1 and (
+        isinstance(value, numbers.Integral)
+        or (
+            isinstance(value, (tuple, list)) and all(isinstance(t, numbers.Integral) for t in value)
+        )
+    ):
         value = (value,)
     if not isinstance(value, (tuple, list)) or len(value) != len(xs):
         raise v.invalid(name, f"one entry per input ({len(xs)})", value)
@@ -102,7 +105,8 @@ class Occlusion(Attribution):
         windows = _per_input(sliding_window_shapes, xs, "sliding_window_shapes")
         steps = _per_input(strides, xs, "strides", default=tuple(1 for _ in xs))
         bases = tuple(
-            b.astype(x.dtype) for b, x in zip(_core.broadcast_baselines(baselines, xs, dtype=None), xs)
+            b.astype(x.dtype)
+            for b, x in zip(_core.broadcast_baselines(baselines, xs, dtype=None), xs)
         )
         chunk = v.check_positive_int("internal_batch_size", internal_batch_size or 256)
         tgt = self._target(target, xs)
@@ -126,9 +130,7 @@ class Occlusion(Attribution):
                 m = np.broadcast_to(masks[:, None], occluded.shape)
                 occluded = np.where(m, np.broadcast_to(bases[j][None], occluded.shape), occluded)
                 rows = occluded.reshape(len(block) * batch, *shape)
-                others = [
-                    np.tile(o, (len(block),) + (1,) * (o.ndim - 1)) for o in xs
-                ]
+                others = [np.tile(o, (len(block),) + (1,) * (o.ndim - 1)) for o in xs]
                 others[j] = rows
                 t = _core.TargetSpec(np.tile(tgt.indices, len(block)), tgt.fn)
                 f_o = self._scores(tuple(others), t, chunk).reshape(len(block), batch)

@@ -39,8 +39,7 @@ def test_attention_x_gradient_matches_analytic(rng):
     np.testing.assert_allclose(weights, ref_w.numpy(), atol=1e-6)
     oracle = _oracle_grad(att, model.get_layer("head"), x)
     np.testing.assert_allclose(grads, oracle, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(axg.attribute(x)[name], ref_w.numpy() * oracle, rtol=1e-4,
-                               atol=1e-7)
+    np.testing.assert_allclose(axg.attribute(x)[name], ref_w.numpy() * oracle, rtol=1e-4, atol=1e-7)
     assert "_attend" not in att.__dict__
     assert axg.trace_count == 1  # padded chunks of 2 share one trace
 
@@ -53,8 +52,9 @@ def test_rollout_single_layer_formula(rng):
     expected = np.eye(T) + abar
     rollout = GradientWeightedRollout(model)
     np.testing.assert_allclose(rollout.attribute_matrix(x), expected, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(rollout.attribute(x, query_index=1), expected[:, 1], rtol=1e-4,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        rollout.attribute(x, query_index=1), expected[:, 1], rtol=1e-4, atol=1e-6
+    )
     np.testing.assert_allclose(rollout.attribute(x), expected.mean(1), rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="query_index"):
         rollout.attribute(x, query_index=9)

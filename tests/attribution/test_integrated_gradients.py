@@ -66,7 +66,9 @@ def test_linear_model_closed_form(rng):
     np.testing.assert_allclose(attr, (x - b) * w[:, 1], rtol=1e-5, atol=1e-6)
     sal = Saliency(model).attribute(x, target=[0, 1, 0, 1, 1], abs=False)
     np.testing.assert_allclose(sal, w[:, [0, 1, 0, 1, 1]].T, rtol=1e-6)
-    np.testing.assert_allclose(Saliency(model).attribute(x, target=0), np.abs(np.tile(w[:, 0], (5, 1))))
+    np.testing.assert_allclose(
+        Saliency(model).attribute(x, target=0), np.abs(np.tile(w[:, 0], (5, 1)))
+    )
     np.testing.assert_allclose(InputXGradient(model).attribute(x, target=0), x * w[:, 0], rtol=1e-5)
 
 
@@ -134,8 +136,13 @@ def test_no_retrace_when_values_change(rng):
     ig = IntegratedGradients(model)
     for i in range(4):
         x = rng.normal(size=(2 + i, 5)).astype("float32")
-        ig.attribute(x, baselines=rng.normal(size=(5,)), target=i % 3, n_steps=5 + 3 * i,
-                     internal_batch_size=6)
+        ig.attribute(
+            x,
+            baselines=rng.normal(size=(5,)),
+            target=i % 3,
+            n_steps=5 + 3 * i,
+            internal_batch_size=6,
+        )
         ig.attribute(x, target=[1] * len(x), n_steps=3 + i)  # one chunk of a new size
     assert ig.engine.trace_count == 1
     sal = Saliency(model)
@@ -173,7 +180,9 @@ def test_training_false_dropout_inactive(rng):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.9), keras.layers.Dense(1)])
     x = rng.normal(size=(2, 4)).astype("float32")
     w = model.layers[-1].get_weights()[0][:, 0]
-    np.testing.assert_allclose(Saliency(model).attribute(x, abs=False), np.tile(w, (2, 1)), rtol=1e-6)
+    np.testing.assert_allclose(
+        Saliency(model).attribute(x, abs=False), np.tile(w, (2, 1)), rtol=1e-6
+    )
 
 
 # ------------------------------------------------------------------ errors
@@ -221,5 +230,7 @@ def test_unused_input_is_named():
     a, b = keras.Input((2,), name="used"), keras.Input((2,), name="unused")
     model = keras.Model([a, b], keras.layers.Dense(1)(a))
     x = (np.ones((1, 2), "float32"), np.ones((1, 2), "float32"))
-    with pytest.raises(ValueError, match="input 1 .*unused.*does not depend|does not depend.*input 1 .*unused"):
+    with pytest.raises(
+        ValueError, match="input 1 .*unused.*does not depend|does not depend.*input 1 .*unused"
+    ):
         IntegratedGradients(model).attribute(x, n_steps=4)

@@ -26,8 +26,14 @@ def _oracle(model, acts, tokens, cls):
 def test_layer_ig_transformer_completeness():
     model = text_model()
     lig = LayerIntegratedGradients(model, model.get_layer("emb"))
-    attr, delta = lig.attribute(TOKENS, baselines=0, target=1, n_steps=64,
-                                return_convergence_delta=True, internal_batch_size=40)
+    attr, delta = lig.attribute(
+        TOKENS,
+        baselines=0,
+        target=1,
+        n_steps=64,
+        return_convergence_delta=True,
+        internal_batch_size=40,
+    )
     assert attr.shape == (2, 6, 8)
     table = model.get_layer("emb").get_weights()[0]
     act_x, act_b = table[TOKENS], np.broadcast_to(table[0], (2, 6, 8))
@@ -37,8 +43,9 @@ def test_layer_ig_transformer_completeness():
     assert np.all(np.abs(delta) < 2e-3)
     # the model output itself is unchanged and the model is not patched afterwards
     assert "call" not in model.get_layer("emb").__dict__
-    np.testing.assert_allclose(model(TOKENS).numpy()[:, 1], _oracle(model, act_x, TOKENS, 1),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        model(TOKENS).numpy()[:, 1], _oracle(model, act_x, TOKENS, 1), atol=1e-5
+    )
     scores = token_scores(attr)
     assert scores.shape == (2, 6)
     np.testing.assert_allclose(scores[:, :][TOKENS == 0], 0.0, atol=1e-7)  # pad == baseline
@@ -52,8 +59,10 @@ def test_layer_ig_chunking_and_no_retrace():
     ref = lig.attribute(TOKENS, target=0, n_steps=10)
     for chunk in (3, 7, 20):
         np.testing.assert_allclose(
-            lig.attribute(TOKENS, target=0, n_steps=10, internal_batch_size=chunk), ref,
-            rtol=1e-4, atol=1e-6,
+            lig.attribute(TOKENS, target=0, n_steps=10, internal_batch_size=chunk),
+            ref,
+            rtol=1e-4,
+            atol=1e-6,
         )
     one = lig.attribute(TOKENS[1:], target=0, n_steps=10)
     np.testing.assert_allclose(one, ref[1:], rtol=1e-4, atol=1e-6)

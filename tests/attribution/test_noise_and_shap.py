@@ -42,7 +42,9 @@ def test_noise_tunnel_seed_and_batching(rng):
     ref = nt.attribute(x, **kw)
     np.testing.assert_allclose(nt.attribute(x, **kw), ref, rtol=1e-6)
     np.testing.assert_allclose(
-        nt.attribute(x, nt_samples_batch_size=4, internal_batch_size=5, **kw), ref, rtol=1e-5,
+        nt.attribute(x, nt_samples_batch_size=4, internal_batch_size=5, **kw),
+        ref,
+        rtol=1e-5,
         atol=1e-7,
     )
     other = nt.attribute(x, **{**kw, "seed": 4})
@@ -50,7 +52,9 @@ def test_noise_tunnel_seed_and_batching(rng):
     # zero noise: smoothgrad == the wrapped method
     np.testing.assert_allclose(
         nt.attribute(x, nt_samples=3, stdevs=0.0, target=1, n_steps=8),
-        IntegratedGradients(model).attribute(x, target=1, n_steps=8), rtol=1e-5, atol=1e-7,
+        IntegratedGradients(model).attribute(x, target=1, n_steps=8),
+        rtol=1e-5,
+        atol=1e-7,
     )
 
 
@@ -60,8 +64,9 @@ def test_noise_tunnel_tuple_inputs_and_baselines(rng):
     w = model.layers[-1].get_weights()[0][:, 0]
     x = (rng.normal(size=(2, 2)).astype("float32"), rng.normal(size=(2, 3)).astype("float32"))
     ig = NoiseTunnel(IntegratedGradients(model))
-    out = ig.attribute(x, nt_samples=5, stdevs=(0.1, 0.0), baselines=(1.0, np.zeros((2, 3))),
-                       n_steps=4, seed=0)
+    out = ig.attribute(
+        x, nt_samples=5, stdevs=(0.1, 0.0), baselines=(1.0, np.zeros((2, 3))), n_steps=4, seed=0
+    )
     assert isinstance(out, tuple) and out[0].shape == (2, 2) and out[1].shape == (2, 3)
     # linear model: IG of a noisy input = (x + eps - 1) * w; mean over samples ~ (x - 1) * w
     np.testing.assert_allclose(out[1], x[1] * w[2:], rtol=1e-5, atol=1e-6)
@@ -87,8 +92,9 @@ def test_gradient_shap_linear_exact(rng):
     x = rng.normal(size=(4, 3)).astype("float32")
     refs = rng.normal(size=(10, 3)).astype("float32")
     gs = GradientShap(model)
-    attr, delta = gs.attribute(x, refs, n_samples=7, target=1, seed=0,
-                               return_convergence_delta=True, internal_batch_size=6)
+    attr, delta = gs.attribute(
+        x, refs, n_samples=7, target=1, seed=0, return_convergence_delta=True, internal_batch_size=6
+    )
     # grad is w everywhere: attr = (x - mean of the drawn baselines) * w
     pick = np.random.default_rng(0).integers(0, 10, size=28)
     drawn = refs[pick].reshape(4, 7, 3).mean(1)
@@ -103,8 +109,9 @@ def test_gradient_shap_single_baseline_approaches_ig(rng):
     model = smooth_mlp()
     x = rng.normal(size=(2, 5)).astype("float32")
     ig = IntegratedGradients(model).attribute(x, target=0, n_steps=64)
-    gs = GradientShap(model).attribute(x, np.zeros((1, 5), "float32"), n_samples=3000,
-                                       target=0, seed=1, internal_batch_size=2000)
+    gs = GradientShap(model).attribute(
+        x, np.zeros((1, 5), "float32"), n_samples=3000, target=0, seed=1, internal_batch_size=2000
+    )
     np.testing.assert_allclose(gs, ig, atol=0.02)
 
 

@@ -53,8 +53,9 @@ def test_batch_invariance_and_errors(rng):
     occ = Occlusion(model)
     full = occ.attribute(x, (2,), strides=1, target=[0, 1, 2], internal_batch_size=7)
     for i, t in enumerate([0, 1, 2]):
-        np.testing.assert_allclose(occ.attribute(x[i : i + 1], (2,), target=t), full[i : i + 1],
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            occ.attribute(x[i : i + 1], (2,), target=t), full[i : i + 1], rtol=1e-5, atol=1e-6
+        )
     with pytest.raises(ValueError, match="sliding_window_shapes"):
         occ.attribute(x, (6,), target=0)
     with pytest.raises(ValueError, match="strides"):
