@@ -7,6 +7,7 @@ with offsets into the original string, and byte -> character offset maps.
 from __future__ import annotations
 
 import functools
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -25,10 +26,16 @@ KEEP_DELIM_PATTERN = r"[!-/]|[:-@]|[\[-`]|[{-~]|[\p{P}]|" + _CJK
 DELIM_PATTERN = r"\s+|" + KEEP_DELIM_PATTERN
 
 
+def _tft():
+    # `sys.modules` first: no importlib call (which AutoGraph would try to
+    # convert) when these helpers run inside a traced function.
+    return sys.modules.get("tensorflow_text") or lazy.tensorflow_text()
+
+
 @functools.lru_cache(maxsize=4)
 def normalizer(lower_case: bool):
     """A cached `tensorflow_text.FastBertNormalizer`."""
-    tft = lazy.tensorflow_text()
+    tft = _tft()
     # Build it eagerly even when first asked for inside a tf.function or a
     # dataset map, so its model buffer is not a tensor of that graph.
     with tf.init_scope():
@@ -43,7 +50,7 @@ def split_words_with_offsets(strings, lower_case: bool):
         their byte offsets into the *normalized* strings, and a ragged
         `(B, n + 1)` map from normalized byte offsets to original byte offsets.
     """
-    tft = lazy.tensorflow_text()
+    tft = _tft()
     normalized, norm_to_orig = normalizer(lower_case).normalize_with_offsets(strings)
     words, starts, ends = tft.regex_split_with_offsets(
         normalized, DELIM_PATTERN, KEEP_DELIM_PATTERN

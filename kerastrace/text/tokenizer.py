@@ -281,15 +281,18 @@ class Tokenizer:
         """
         strings = tf.convert_to_tensor(strings, dtype=tf.string)
         rank = strings.shape.rank
+        # Eagerly, run the compiled function; while tracing (tf.data, tf.function)
+        # build the ops inline so the caller's graph optimizations apply.
+        fn = self._dense_fn if tf.executing_eagerly() else self._dense_tokens
         if rank == 0:
-            ids, mask = self._dense_fn(tf.reshape(strings, [1]))
+            ids, mask = fn(tf.reshape(strings, [1]))
             return ids[0], mask[0]
         if rank != 1:
             raise ValueError(
                 "Received an invalid value for argument `strings`, expected a string "
                 f"tensor of rank 0 or 1. Received: strings with shape {strings.shape}"
             )
-        return self._dense_fn(strings)
+        return fn(strings)
 
     # ------------------------------------------------------------------ eager
     def tokenize(self, strings: str | Sequence[str]) -> TokenizedText:
