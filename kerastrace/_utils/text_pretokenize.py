@@ -32,6 +32,11 @@ def _tft():
     return sys.modules.get("tensorflow_text") or lazy.tensorflow_text()
 
 
+# AutoGraph must not convert these helpers (they have no tensor-dependent
+# control flow): converting the lru_cache wrapper mis-binds its arguments
+# ("tf__normalizer() takes 1 positional argument but 2 were given") once other
+# traced code has populated AutoGraph's conversion cache.
+@tf.autograph.experimental.do_not_convert
 @functools.lru_cache(maxsize=4)
 def normalizer(lower_case: bool):
     """A cached `tensorflow_text.FastBertNormalizer`."""
@@ -42,6 +47,7 @@ def normalizer(lower_case: bool):
         return tft.FastBertNormalizer(lower_case_nfd_strip_accents=bool(lower_case))
 
 
+@tf.autograph.experimental.do_not_convert
 def split_words_with_offsets(strings, lower_case: bool):
     """Normalize and split `strings` (B,) into words.
 
