@@ -109,6 +109,9 @@ def test_fast_style_grid_pixels(tmp_path):
     ev = read_events(tmp_path)
     assert tags == ["attention/model_view", "attention/l", "attention/tokens"]
     assert ev["attention/tokens"][0][1].endswith("tokens: a b")
-    assert _png_size(ev["attention/model_view"][0][1]) == (2 + 2 * (96 + 2), 2 + 96 + 2)  # default cell=96
+    assert _png_size(ev["attention/model_view"][0][1]) == (
+        2 + 2 * (96 + 2),
+        2 + 96 + 2,
+    )  # default cell=96
     with pytest.raises(ValueError, match="style"):
         write_attention(tmp_path, {"l": w}, style="nope")
