@@ -23,6 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 F32 = tf.float32
+#: Chunks the while loop may run concurrently: overlapping two small chunks uses
+#: the CPU better; peak memory stays bounded by this many chunks.
+PARALLEL_CHUNKS = 2
 
 
 # ----------------------------------------------------------------- inputs
@@ -329,7 +332,7 @@ class GradientEngine:
 
             acc0 = tuple(tf.zeros_like(x) for x in xs_t)
             result = tf.while_loop(
-                lambda i, *_: i < n_chunks, step, (tf.constant(0), *acc0), parallel_iterations=1
+                lambda i, *_: i < n_chunks, step, (tf.constant(0), *acc0), parallel_iterations=PARALLEL_CHUNKS
             )
             return result[1:]
 

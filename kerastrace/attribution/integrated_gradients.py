@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from kerastrace._utils import validation as v
@@ -25,6 +27,11 @@ def approximation_parameters(method: str, n_steps: int):
     """
     v.check_one_of("method", method, METHODS)
     n = v.check_positive_int("n_steps", n_steps)
+    return _rule(method, n)
+
+
+@functools.lru_cache(maxsize=64)
+def _rule(method, n):
     k = np.arange(n, dtype=np.float64)
     if method == "riemann_left":
         alphas, weights = k / n, np.full(n, 1.0 / n)
@@ -34,7 +41,7 @@ def approximation_parameters(method: str, n_steps: int):
         alphas, weights = (k + 0.5) / n, np.full(n, 1.0 / n)
     elif method == "riemann_trapezoid":
         if n < 2:
-            raise v.invalid("n_steps", "an integer >= 2 for method='riemann_trapezoid'", n_steps)
+            raise v.invalid("n_steps", "an integer >= 2 for method='riemann_trapezoid'", n)
         alphas = np.linspace(0.0, 1.0, n)
         weights = np.full(n, 1.0 / (n - 1))
         weights[0] /= 2
@@ -42,7 +49,10 @@ def approximation_parameters(method: str, n_steps: int):
     else:
         x, w = np.polynomial.legendre.leggauss(n)
         alphas, weights = (x + 1.0) / 2.0, w / 2.0
-    return alphas.astype(np.float32), weights.astype(np.float32)
+    alphas, weights = alphas.astype(np.float32), weights.astype(np.float32)
+    alphas.flags.writeable = False
+    weights.flags.writeable = False
+    return alphas, weights
 
 
 class IntegratedGradients(GradientAttribution):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+import tensorflow as tf
 
 from kerastrace._utils import validation as v
 from kerastrace._utils.types import Inputs, Target
@@ -24,6 +25,18 @@ def _stdevs(stdevs, n):
     return tuple(float(s) for s in vals)
 
 
+@tf.function(reduce_retracing=True)
+def _noisy_copies(x, n, start, count, sd, seed):
+    """Samples `start:start+count` of `n` noisy copies of `x`, example-major `(B*count, ...)`."""
+    shape = tf.shape(x)
+    noise = tf.random.stateless_normal(tf.concat([[n], shape], 0), seed=seed, stddev=sd)
+    noise = noise[start : start + count]  # (count, B, ...)
+    perm = tf.concat([[1, 0], tf.range(2, tf.rank(noise))], 0)
+    noise = tf.transpose(noise, perm)  # (B, count, ...)
+    rep = tf.expand_dims(x, 1) + noise
+    return tf.reshape(rep, tf.concat([[shape[0] * count], shape[1:]], 0))
+
+
 class NoiseTunnel(Attribution):
     """Average an attribution method over Gaussian-noised copies of the inputs.
 
@@ -36,9 +49,9 @@ class NoiseTunnel(Attribution):
     - `smoothgrad_sq`: mean of the squared attributions,
     - `vargrad`: variance of the attributions.
 
-    The noise is drawn with `numpy.random.default_rng(seed)` for all samples
-    up front, so the result depends on the seed, not on
-    `nt_samples_batch_size` or `internal_batch_size`.
+    The noise comes from TensorFlow's counter-based
+    `tf.random.stateless_normal` keyed by `seed`, so the result depends on the
+    seed, not on `nt_samples_batch_size` or `internal_batch_size`.
 
     Args:
         attribution_method: A `GradientAttribution` instance (e.g.
@@ -118,20 +131,20 @@ class NoiseTunnel(Attribution):
         batch = xs[0].shape[0]
         if "baselines" in kwargs:
             kwargs["baselines"] = _core.broadcast_baselines(kwargs["baselines"], xs)
-        rng = np.random.default_rng(seed)
-        noise = [
-            rng.normal(0.0, sd, size=(n, *x.shape)).astype(np.float32) if sd > 0 else None
-            for x, sd in zip(xs, sds)
-        ]
+        # Noise for all samples up front from a counter-based generator: fast, and the
+        # result depends on the seed only, not on how the samples are batched.
+        if seed is None:
+            seed = int(np.random.default_rng().integers(2**31 - 1))
         sums = [np.zeros(x.shape, np.float64) for x in xs]
         sqs = [np.zeros(x.shape, np.float64) for x in xs]
         for start in range(0, n, per):
             s = min(per, n - start)
             noisy = []
-            for x, nz in zip(xs, noise):
-                rep = np.repeat(x, s, axis=0)  # example-major: e0 s0..s_{s-1}, e1 ...
-                if nz is not None:
-                    rep = rep + np.swapaxes(nz[start : start + s], 0, 1).reshape(rep.shape)
+            for j, (x, sd) in enumerate(zip(xs, sds)):
+                if sd > 0:
+                    rep = _noisy_copies(x, n, start, s, np.float32(sd), (int(seed), j)).numpy()
+                else:
+                    rep = np.repeat(x, s, axis=0)
                 noisy.append(rep)
             kw = dict(kwargs)
             if "baselines" in kw:
