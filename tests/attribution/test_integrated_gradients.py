@@ -234,3 +234,23 @@ def test_unused_input_is_named():
         ValueError, match="input 1 .*unused.*does not depend|does not depend.*input 1 .*unused"
     ):
         IntegratedGradients(model).attribute(x, n_steps=4)
+
+
+def test_subclassed_model_matches_functional(rng):
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d1 = keras.layers.Dense(6, activation="tanh")
+            self.d2 = keras.layers.Dense(2)
+
+        def call(self, x, training=False):
+            return self.d2(self.d1(x))
+
+    net = Net()
+    x = rng.normal(size=(3, 4)).astype("float32")
+    net(x)
+    inp = keras.Input((4,))
+    func = keras.Model(inp, net.d2(net.d1(inp)))
+    a = IntegratedGradients(net).attribute(x, target=1, n_steps=16)
+    b = IntegratedGradients(func).attribute(x, target=1, n_steps=16)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -108,3 +108,16 @@ def test_layer_errors():
     other.build((None, 8))
     with pytest.raises(ValueError, match="not called"):
         LayerIntegratedGradients(model, other).attribute(TOKENS, target=0)
+
+
+def test_layer_ig_on_tuple_output_of_transformer_block():
+    model = text_model(seed=3)
+    lig = LayerIntegratedGradients(model, "block")
+    attr, delta = lig.attribute(
+        TOKENS, baselines=0, target=0, n_steps=32, return_convergence_delta=True
+    )
+    assert attr.shape == (2, 6, 8)
+    # the head is linear in the block output through a masked mean: IG is exact there
+    assert np.all(np.abs(delta) < 1e-4)
+    assert np.abs(attr).sum() > 0
+    np.testing.assert_allclose(attr[TOKENS == 0], 0.0, atol=1e-7)  # masked out of the mean
