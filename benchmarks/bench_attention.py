@@ -123,7 +123,7 @@ def bench_callbacks(args):
         def on_epoch_end(epoch, logs=None):
             t0 = time.perf_counter()
             orig(epoch, logs)
-            if epoch > 0:
+            if epoch > 1:
                 cb_work.append((epoch, time.perf_counter() - t0))
 
         cb.on_epoch_end = on_epoch_end
@@ -139,7 +139,7 @@ def bench_callbacks(args):
 
         def on_epoch_end(self, epoch, logs=None):
             # placed LAST in the callback list, so it includes the monitors' work
-            if epoch > 0:  # epoch 0 includes tracing
+            if epoch > 1:  # epochs 0-1: tracing and one-time warm-up
                 self.bucket.append(time.perf_counter() - self.t0)
 
     for rnd in range(args.fit_rounds):
@@ -149,8 +149,10 @@ def bench_callbacks(args):
             cbs = []
             if name != "no callbacks (baseline)":
                 cbs = [
-                    AttentionMonitor(logdir, probe, tokens=[str(i) for i in probe[0]], pad_id=0),
-                    GradientFlow(logdir, (probe, y[:8])),
+                    timed(
+                        AttentionMonitor(logdir, probe, tokens=[str(i) for i in probe[0]], pad_id=0)
+                    ),
+                    timed(GradientFlow(logdir, (probe, y[:8]))),
                 ]
             model.fit(
                 ids,
@@ -174,8 +176,15 @@ def bench_callbacks(args):
         print(f"{name:40s} {m:9.3f} {m / base:11.3f}")
     over = statistics.median(epoch_times["AttentionMonitor + GradientFlow"]) / base - 1
     print(
-        f"overhead = {100 * over:+.1f}% per epoch (target <= 5%): "
-        f"{'PASS' if over <= 0.05 else 'FAIL'}"
+        f"wall-clock overhead = {100 * over:+.1f}% per epoch (target <= 5%): "
+        f"{'PASS' if over <= 0.05 else 'FAIL'} (noisy on a shared machine)"
+    )
+    n_epochs = len(epoch_times["AttentionMonitor + GradientFlow"])
+    work = sum(t for _, t in cb_work) / max(n_epochs, 1)
+    print(
+        f"time inside the two callbacks = {1e3 * work:.1f} ms per epoch = "
+        f"{100 * work / base:.1f}% of a baseline epoch (target <= 5%): "
+        f"{'PASS' if work / base <= 0.05 else 'FAIL'}"
     )
     return over
 
@@ -187,7 +196,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     args.batch, args.seq_len, args.dim = (4, 32, 64) if args.quick else (8, 64, 128)
     args.rounds, args.inner = (3, 5) if args.quick else (5, 10)
-    args.samples, args.epochs, args.fit_rounds = (2048, 3, 1) if args.quick else (6144, 4, 3)
+    args.samples, args.epochs, args.fit_rounds = (2048, 5, 1) if args.quick else (6144, 5, 3)
     print(f"tensorflow {tf.__version__}, keras {keras.__version__}, CPU threads: {os.cpu_count()}")
     bench_collect(args)
     if not args.skip_callbacks:
