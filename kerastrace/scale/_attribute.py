@@ -228,7 +228,9 @@ class _BatchRunner:
             out = np.asarray(out).reshape(batch, -1)
             idx = np.argmax(out, axis=1).astype(np.int32)
             return idx, idx
-        if t is None or callable(t):
+        if t is None:  # single-output models: element 0
+            return t, np.zeros(batch, np.int32)
+        if callable(t):
             return t, np.full(batch, -1, np.int32)
         return int(t), np.full(batch, int(t), np.int32)
 

@@ -102,7 +102,8 @@ def representation_fn(model, layer_or_fn, position=0) -> Callable:
             ) from None
         if isinstance(out, (list, tuple)):
             out = out[0]
-        sub = keras.Model(model.inputs, out)
+        inputs = model.inputs
+        sub = keras.Model(inputs[0] if len(inputs) == 1 else inputs, out)
         call = tf.function(lambda x: sub(x, training=False), reduce_retracing=True)
     elif callable(layer):
         call = layer

@@ -154,7 +154,8 @@ def summarize(
         A `DatasetSummary`.
 
     Raises:
-        ValueError: for an empty store or negative labels.
+        ValueError: for an empty store, or ids/classes beyond `vocab_size` /
+            `num_classes`.
 
     Example:
 
@@ -189,13 +190,9 @@ def summarize(
         if g.ndim == 2:
             g = g[:, 0] if g.shape[1] == 1 else np.argmax(g, axis=1)
         groups.append(g.astype(np.int64))
-    if any(g.size and g.min() < 0 for g in groups):
-        raise ValueError(
-            "Received an invalid value for argument `store`: its labels/targets include "
-            "negative classes (a callable or None target has no class); per-class summaries "
-            "need labels."
-        )
-    n_cls = num_classes or int(max(g.max() for g in groups if g.size) + 1)
+    # Examples without a class (callable targets and no labels, target -1) only
+    # enter the dataset-wide aggregates.
+    n_cls = num_classes or int(max([int(g.max()) for g in groups if g.size] + [-1]) + 1)
     if has_tokens:
         n_voc = vocab_size or int(max(int(s["inputs"].max()) for s in shards) + 1)
         tok_abs = np.zeros(n_voc)
@@ -224,7 +221,9 @@ def summarize(
         f_abs.add((np.abs(a) * m).sum(0))
         f_sum.add((a * m).sum(0))
         f_cnt.add(m.sum(0))
-        onehot = np.eye(n_cls)[g]  # (b, C)
+        has = g >= 0
+        onehot = np.zeros((b, n_cls))
+        onehot[np.flatnonzero(has), g[has]] = 1.0
         c_abs.add(np.tensordot(onehot, np.abs(a) * m, axes=(0, 0)))
         c_m.add(np.tensordot(onehot, m, axes=(0, 0)))
         c_cnt += onehot.sum(0).astype(np.int64)
@@ -241,9 +240,12 @@ def summarize(
             tok_abs += np.bincount(ids, np.abs(flat) * w, n_voc)
             tok_sum += np.bincount(ids, flat * w, n_voc)
             tok_cnt += np.bincount(ids, w, n_voc).astype(np.int64)
-            cls_ids = (np.repeat(g, a[0].size) * n_voc + ids).astype(np.int64)
-            cls_tok += np.bincount(cls_ids, np.abs(flat) * w, n_cls * n_voc).reshape(n_cls, -1)
-            cls_tok_cnt += np.bincount(cls_ids, w, n_cls * n_voc).reshape(n_cls, -1)
+            gr = np.repeat(g, a[0].size)
+            ok = gr >= 0
+            cls_ids = (gr * n_voc + ids)[ok]
+            size = n_cls * n_voc
+            cls_tok += np.bincount(cls_ids, (np.abs(flat) * w)[ok], size).reshape(n_cls, -1)
+            cls_tok_cnt += np.bincount(cls_ids, w[ok], size).reshape(n_cls, -1)
         if "delta" in s:
             deltas.append(np.asarray(s["delta"], np.float64))
     cnt = f_cnt.value

@@ -1,0 +1,23 @@
+import json
+import os
+import subprocess
+import sys
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "_distributed_script.py")
+
+
+def test_mirrored_two_logical_devices_equals_single_device(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    res = json.loads(lines[-1][len("RESULT ") :])
+    assert res["replicas"] == 2
+    assert res["index"] == list(range(11))  # gathered in dataset order
+    assert res["max_attr_diff"] < 1e-5 and res["max_delta_diff"] < 1e-5
+    assert res["labels_equal"] and res["inputs_equal"] and res["num_shards"] == 3
+    assert "not created under this strategy's scope" in res["late_error"]
+    assert "strategy.scope()" in res["late_error"]
