@@ -3,10 +3,20 @@
 `run_demo()` generates review-like sentences whose label is decided by one
 planted sentiment word (see `kerastrace.testing.data`), learns a WordPiece
 vocabulary with `kerastrace.text`, trains a small `TransformerBlock`
-classifier for a few epochs on the CPU, and reports where the attention of
-the [CLS] position went, per layer, compared with the planted word.
-It writes one run directory with the `.keras` model, the vocabulary and a
-`summary.json`. Nothing is downloaded.
+classifier for a few epochs on the CPU, and then explains it. It writes one
+run directory:
+
+    model.keras, vocab.txt        the trained model and its vocabulary
+    profile/                      per-layer profile: table, JSON, CSV, chart
+    attention/                    model view, one head, rollout (PNG)
+    attributions/                 IG, SmoothGrad, attention x gradient on sample
+                                  sentences (HTML + PNG)
+    faithfulness.json / .txt      deletion AOPC, completeness, planted-word recovery
+    summary.json                  everything the final summary prints
+    tensorboard/                  training curves, attention, attributions,
+                                  head statistics, profile and its trace
+
+Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -38,6 +48,11 @@ class DemoResult:
         examples: A few test sentences with the word the last layer's [CLS]
             attends to most.
         files: Files written, relative to `run_dir`.
+        faithfulness: Per attribution method: `planted_top1` (share of test
+            sentences whose top word is the planted word), `deletion_aopc`
+            (mean area over the deletion curve of the target logit; higher is
+            more faithful) and `mean_abs_delta` (completeness; IG only).
+        tensorboard_logdir: The TensorBoard log directory.
     """
 
     run_dir: str
@@ -46,6 +61,8 @@ class DemoResult:
     attention_uniform_share: float
     examples: list
     files: list
+    faithfulness: dict = dataclasses.field(default_factory=dict)
+    tensorboard_logdir: str = ""
 
     def summary(self) -> str:
         """A few lines for a terminal."""
@@ -62,7 +79,17 @@ class DemoResult:
                 f"  {ex['sentence']!r} (label {ex['label']}, planted {ex['planted_word']!r}) "
                 f"-> most attended: {ex['top_word']!r} ({ex['top_share']:.2f})"
             )
+        if self.faithfulness:
+            lines.append("attribution methods (planted word ranked first / deletion AOPC):")
+            for method, row in self.faithfulness.items():
+                delta = row.get("mean_abs_delta")
+                extra = "" if delta is None else f", mean |delta| {delta:.4f}"
+                lines.append(
+                    f"  {method:<22} {row['planted_top1']:.2f} / {row['deletion_aopc']:.3f}{extra}"
+                )
         lines.append(f"run directory: {self.run_dir}")
+        if self.tensorboard_logdir:
+            lines.append(f"open it in TensorBoard: tensorboard --logdir {self.tensorboard_logdir}")
         return "\n".join(lines)
 
 
@@ -74,6 +101,8 @@ def run_demo(
     sequence_length: int = 24,
     seed: int = 0,
     verbose: int = 1,
+    n_explain: int = 100,
+    ig_steps: int = 32,
 ) -> DemoResult:
     """Train the demo text classifier and report where its attention went.
 
@@ -85,6 +114,9 @@ def run_demo(
         sequence_length: Token sequence length, [CLS]/[SEP] included.
         seed: Seed of the data, the weights and the shuffling.
         verbose: 1 shows Keras' progress bar during training, 0 is silent.
+        n_explain: Test sentences explained by every method for the
+            faithfulness table.
+        ig_steps: Integrated Gradients steps.
 
     Returns:
         A `DemoResult`.
@@ -96,8 +128,8 @@ def run_demo(
 
     >>> import tempfile
     >>> result = run_demo(tempfile.mkdtemp(), n_train=64, n_test=16, epochs=1, verbose=0)
-    >>> sorted(result.files)
-    ['model.keras', 'summary.json', 'vocab.txt']
+    >>> sorted(result.files)[:4]
+    ['attention/head.png', 'attention/model_view.png', 'attention/rollout.png', 'attributions/attributions.html']
     """
     n_train = v.check_positive_int("n_train", n_train)
     n_test = v.check_positive_int("n_test", n_test)
@@ -106,10 +138,13 @@ def run_demo(
     if sequence_length < 16:
         raise v.invalid("sequence_length", "an integer >= 16 (the demo sentences)", sequence_length)
     v.check_one_of("verbose", verbose, (0, 1, 2))
+    n_explain = v.check_positive_int("n_explain", n_explain)
+    ig_steps = v.check_positive_int("ig_steps", ig_steps)
 
     import keras
 
-    from kerastrace import attention, text
+    from kerastrace import attention, attribution, explain, profiling, tensorboard, text
+    from kerastrace import visualization as viz
     from kerastrace.testing.data import make_sentiment_corpus
     from kerastrace.testing.reference_models import build_text_classifier
 
@@ -132,11 +167,28 @@ def run_demo(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
+    tb_dir = os.path.join(output_dir, "tensorboard")
+    probe = te.ids[:3]
+    callbacks = [keras.callbacks.TensorBoard(os.path.join(tb_dir, "train"), profile_batch=0)]
+    callbacks.append(
+        tensorboard.AttentionMonitor(
+            os.path.join(tb_dir, "attention_monitor"), probe, tokens=te.tokens[:3],
+            pad_id=tokenizer.pad_id, write_images=False,
+        )
+    )
     model.fit(tr.ids, train.labels, epochs=epochs, batch_size=32, verbose=verbose,
-              validation_data=(te.ids, test.labels))
+              validation_data=(te.ids, test.labels), callbacks=callbacks)
     logits = model.predict(te.ids, verbose=0, batch_size=256)
     accuracy = float(np.mean(np.argmax(logits, -1) == test.labels))
+    files = []
 
+    def out(*parts):
+        path = os.path.join(output_dir, *parts)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        files.append("/".join(parts))
+        return path
+
+    # --- attention: where does [CLS] look?
     weights = attention.collect(model, te.ids)
     planted_mask = te.word_ids == test.planted[:, None]  # tokens of the planted word
     n_real = te.mask.sum(-1)
@@ -145,7 +197,6 @@ def run_demo(
         cls_row = w[:, :, 0, :].mean(axis=1)  # (B, T) over heads
         shares[path] = float(np.mean((cls_row * planted_mask).sum(-1)))
     uniform = float(np.mean(planted_mask.sum(-1) / n_real))
-
     last = weights[list(weights)[-1]][:, :, 0, :].mean(axis=1)
     examples = []
     for i in range(min(3, n_test)):
@@ -160,17 +211,113 @@ def run_demo(
                 "top_share": top.score,
             }
         )
+    first = {k: w[:1] for k, w in weights.items()}
+    fig, _ = viz.plot_model_view(first, te.tokens[0], mask=te.mask[0])
+    fig.savefig(out("attention", "model_view.png"), dpi=80)
+    fig, _ = viz.plot_attention_head(first[list(first)[-1]], te.tokens[0], mask=te.mask[0],
+                                     title=f"{list(first)[-1]}, head 0")
+    fig.savefig(out("attention", "head.png"), dpi=90)
+    rollout = attention.attention_rollout(weights, mask=te.mask)
+    fig, _ = viz.plot_rollout(rollout[:1], te.tokens[0], query=0, mask=te.mask[0])
+    fig.savefig(out("attention", "rollout.png"), dpi=90)
+    stats = attention.head_statistics(weights, mask=te.mask)
+    tensorboard.write_attention(tb_dir, first, te.tokens[0], step=0, mask=te.mask[:1])
+    tensorboard.write_head_statistics(tb_dir, stats, step=0)
 
-    model.save(os.path.join(output_dir, "model.keras"))
-    text.save_vocabulary(vocab, os.path.join(output_dir, "vocab.txt"))
+    # --- attributions and their faithfulness
+    n = min(n_explain, n_test)
+    ids = te.ids[:n]
+    targets = np.argmax(logits[:n], -1).astype("int32")
+    methods = ("integrated_gradients", "smoothgrad", "attention_x_gradient")
+    faithfulness, all_scores = {}, {}
+    for method in methods:
+        scores, _, delta = explain.token_attributions(
+            model, ids, method=method, target=targets, n_steps=ig_steps,
+            pad_id=tokenizer.pad_id, mask=te.mask[:n], seed=seed,
+        )
+        all_scores[method] = scores
+        word_scores = text.aggregate_to_words(scores, _subset(te, n))
+        top1 = [
+            max(range(len(ws)), key=lambda k, ws=ws: ws[k].score) == test.planted[i]
+            for i, ws in enumerate(word_scores)
+        ]
+        ranking = np.where(te.token_mask[:n], scores, -1e9)  # specials and padding last
+        curve = attribution.metrics.deletion_curve(
+            model, ids, ranking, target=targets, baselines=tokenizer.pad_id, n_steps=8
+        )
+        faithfulness[method] = {
+            "planted_top1": float(np.mean(top1)),
+            "deletion_aopc": float(np.mean(curve.aopc)),
+            "mean_abs_delta": None if delta is None else float(np.mean(np.abs(delta))),
+        }
+        tensorboard.write_token_attributions(
+            tb_dir, scores[:3], te.tokens[:3], step=0, name=method, mask=te.mask[:3]
+        )
+        fig, _ = viz.plot_token_attributions(scores[0], te.tokens[0], mask=te.mask[0],
+                                             title=method)
+        fig.savefig(out("attributions", f"{method}.png"), dpi=90)
+    html = ["<html><meta charset='utf-8'><body><h2>kerastrace demo: token attributions</h2>"]
+    for i in range(min(3, n)):
+        html.append(f"<h3>{test.sentences[i]!s} (label {int(test.labels[i])})</h3>")
+        for method in methods:
+            snippet = viz.token_attributions_html(all_scores[method][i], te.tokens[i],
+                                                  mask=te.mask[i])
+            html.append(f"<p><b>{method}</b>: {snippet}</p>")
+    html.append("</body></html>")
+    with open(out("attributions", "attributions.html"), "w", encoding="utf-8") as f:
+        f.write("\n".join(html))
+    with open(out("faithfulness.json"), "w") as f:
+        json.dump(faithfulness, f, indent=2)
+    with open(out("faithfulness.txt"), "w") as f:
+        f.write(f"{'method':<24}{'planted top-1':>14}{'deletion AOPC':>15}{'mean |delta|':>14}\n")
+        for method, row in faithfulness.items():
+            d = row["mean_abs_delta"]
+            f.write(f"{method:<24}{row['planted_top1']:>14.3f}{row['deletion_aopc']:>15.3f}"
+                    f"{'-' if d is None else format(d, '.4f'):>14}\n")
+
+    # --- profile (with a tf.profiler trace in the TensorBoard directory)
+    prof = profiling.profile_model(model, inputs=te.ids[:1], logdir=tb_dir)
+    with open(out("profile", "profile.txt"), "w") as f:
+        f.write(prof.to_table())
+    prof.to_json(out("profile", "profile.json"))
+    prof.to_csv(out("profile", "profile.csv"))
+    fig, _ = prof.plot()
+    fig.savefig(out("profile", "profile.png"), dpi=90)
+    prof.to_tensorboard(tb_dir)
+    viz_close_all()
+
+    model.save(out("model.keras"))
+    text.save_vocabulary(vocab, out("vocab.txt"))
+    files.append("summary.json")
     result = DemoResult(
         run_dir=os.path.abspath(output_dir),
         accuracy=accuracy,
         attention_on_planted=shares,
         attention_uniform_share=uniform,
         examples=examples,
-        files=["model.keras", "vocab.txt", "summary.json"],
+        files=sorted(files),
+        faithfulness=faithfulness,
+        tensorboard_logdir=tb_dir,
     )
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(dataclasses.asdict(result), f, indent=2)
     return result
+
+
+def _subset(tokenized, n):
+    """The first `n` examples of a `TokenizedText`."""
+    return dataclasses.replace(
+        tokenized,
+        texts=tokenized.texts[:n], ids=tokenized.ids[:n], mask=tokenized.mask[:n],
+        offsets=tokenized.offsets[:n], tokens=tokenized.tokens[:n],
+        word_ids=tokenized.word_ids[:n], words=tokenized.words[:n],
+        word_offsets=tokenized.word_offsets[:n], truncated=tokenized.truncated[:n],
+        num_wordpieces=tokenized.num_wordpieces[:n],
+    )
+
+
+def viz_close_all():
+    """Close the figures the demo made (it runs headless; nothing is shown)."""
+    from kerastrace._utils.lazy import pyplot
+
+    pyplot().close("all")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 EXIT_USAGE = 2
@@ -30,8 +31,36 @@ def _demo(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`kerastrace: error: ...`) and exit status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _cmd(name):
+    def run(args):
+        from kerastrace.cli import _commands
+
+        return getattr(_commands, name)(args)
+
+    return run
+
+
+def _model_inputs(p, needs_vocab=True):
+    p.add_argument("model", metavar="MODEL", help="a saved .keras model")
+    p.add_argument("--vocab", help="vocab.txt for --text/--text-file (one token per line)")
+    p.add_argument("--text", action="append", help="a sentence (repeatable)")
+    p.add_argument("--text-file", help="a file with one sentence per line")
+    p.add_argument("--npy", help="an .npy array of model inputs instead of text")
+    p.add_argument("--output-dir", default="kerastrace_out", help="where to write files")
+    p.add_argument("--logdir", help="also write TensorBoard summaries here")
+    p.add_argument("--unsafe", action="store_true",
+                   help="allow unsafe deserialization (Lambda layers); only for trusted files")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kerastrace",
         description="See inside Keras models: attention, attribution, profiling.",
     )
@@ -51,7 +80,81 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (0)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_demo)
+
+    prof = sub.add_parser(
+        "profile",
+        help="per-layer parameters, FLOPs, memory and measured time of a model",
+        description="Profile a saved .keras model (or one built by a Python function).",
+    )
+    prof.add_argument("model", nargs="?", metavar="MODEL", help="a saved .keras model")
+    prof.add_argument("--builder", help="build the model with path.py:function instead")
+    prof.add_argument("--input-shape", help="input shape, e.g. 1,128 or 224,224,3")
+    prof.add_argument("--batch-size", type=int, default=1, help="batch size (1)")
+    prof.add_argument("--depth", type=int, default=None, help="fold layers below this depth")
+    prof.add_argument("--logdir", help="keep the tf.profiler trace and summaries here")
+    prof.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    prof.add_argument("--sort-by", default=None, help="table column to sort by (e.g. flops)")
+    prof.add_argument("--top-k", type=int, default=None, help="only the top K rows")
+    prof.add_argument("--no-trace", action="store_true", help="FLOPs and parameters only")
+    prof.add_argument("--unsafe", action="store_true",
+                      help="allow unsafe deserialization; only for trusted files")
+    prof.set_defaults(func=_cmd("profile"))
+
+    from kerastrace.explain import METHODS
+
+    exp = sub.add_parser(
+        "explain",
+        help="attribute a saved text model's prediction to the words of a sentence",
+        description="Explain predictions of a saved token-id model for sentences or an .npy.",
+    )
+    _model_inputs(exp)
+    exp.add_argument("--method", choices=METHODS, default="integrated_gradients")
+    exp.add_argument("--target", type=int, default=None, help="class (default: predicted)")
+    exp.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps (32)")
+    exp.set_defaults(func=_cmd("explain"))
+
+    att = sub.add_parser(
+        "attention",
+        help="collect and draw the attention of a saved model",
+        description="Collect every attention layer's weights and draw them.",
+    )
+    _model_inputs(att)
+    att.add_argument("--layer", help="layer path for the single-head picture (default: last)")
+    att.add_argument("--head", type=int, default=0, help="head for the single-head picture")
+    att.set_defaults(func=_cmd("attention"))
     return parser
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow (and tensorflow-text) with file descriptor 2 silenced.
+
+    TensorFlow 2.21 writes its start-up lines ("oneDNN custom operations are
+    on", CUDA probing) from C++ before `TF_CPP_MIN_LOG_LEVEL` is read, so the
+    only way to keep them off the command's stderr is to point fd 2 at
+    /dev/null while the libraries load. Python-level errors are unaffected
+    (stderr is restored before anything else runs).
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured)
+        fd = None
+    saved = os.dup(fd) if fd is not None else None
+    devnull = os.open(os.devnull, os.O_WRONLY) if fd is not None else None
+    try:
+        if fd is not None:
+            sys.stderr.flush()
+            os.dup2(devnull, fd)
+        import tensorflow  # noqa: F401
+
+        try:
+            import tensorflow_text  # noqa: F401
+        except ImportError:  # pragma: no cover - a dependency of kerastrace
+            pass
+    finally:
+        if fd is not None:
+            os.dup2(saved, fd)
+            os.close(saved)
+            os.close(devnull)
 
 
 def main(argv=None) -> int:
@@ -61,6 +164,14 @@ def main(argv=None) -> int:
         parser.print_help()
         return EXIT_USAGE
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        # The command line is an application, not the library: it may quiet
+        # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) and Python
+        # deprecation notices so that stderr carries only our own messages.
+        # A value the user set is kept; `--debug` keeps everything.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        _import_tensorflow_quietly()
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as exc:

@@ -58,6 +58,10 @@ def load_model_for_profiling(path: str, safe_mode: bool = True) -> keras.Model:
             f"{path!r} is not a Keras model file: expected a `.keras` file (or a legacy "
             f"`.h5`). Received extension {ext or '(none)'!r}."
         )
+    # Register kerastrace's own layers ("kerastrace>SelfAttention", ...) so a
+    # model that uses them loads in a process that has not imported them yet.
+    import kerastrace.layers  # noqa: F401
+
     try:
         model = keras.saving.load_model(path, safe_mode=safe_mode)
     except ValueError as exc:
@@ -70,7 +74,10 @@ def load_model_for_profiling(path: str, safe_mode: bool = True) -> keras.Model:
             ) from exc
         raise ValueError(f"Could not load {path!r} as a Keras model: {msg[:300]}") from exc
     except (OSError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path!r} is not a loadable Keras model file: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"{path!r} is not a loadable Keras model file: {first[:300]}"
+        ) from exc
     if not isinstance(model, keras.layers.Layer):
         raise ValueError(f"{path!r} did not load as a Keras model (got {type(model).__name__}).")
     return model

@@ -44,22 +44,122 @@ def test_bad_argument_is_one_line_error_without_traceback(tmp_path):
     assert not os.listdir(tmp_path)  # nothing half-written
 
 
-def test_demo_small_setting_writes_its_run_directory(tmp_path):
-    out = tmp_path / "run"
-    res = kerastrace("demo", "--output-dir", str(out), "--n-train", "400", "--n-test", "60",
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    res = kerastrace("demo", "--output-dir", str(out), "--n-train", "400", "--n-test", "40",
                      "--epochs", "2", "--quiet")
     assert res.returncode == 0, res.stderr[-3000:]
+    return out, res
+
+
+def test_demo_small_setting_writes_its_run_directory(demo_run):
+    out, res = demo_run
     assert "test accuracy:" in res.stdout
-    assert sorted(os.listdir(out)) == ["model.keras", "summary.json", "vocab.txt"]
+    assert f"tensorboard --logdir {out}/tensorboard" in res.stdout
+    expected = {
+        "model.keras", "vocab.txt", "summary.json", "faithfulness.json", "faithfulness.txt",
+        "attention/model_view.png", "attention/head.png", "attention/rollout.png",
+        "attributions/attributions.html", "attributions/integrated_gradients.png",
+        "attributions/smoothgrad.png", "attributions/attention_x_gradient.png",
+        "profile/profile.txt", "profile/profile.json", "profile/profile.csv",
+        "profile/profile.png",
+    }
+    for name in expected:
+        path = out / name
+        assert path.is_file() and path.stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["files"]) == expected
     assert 0.0 <= summary["accuracy"] <= 1.0
     assert set(summary["attention_on_planted"]) == {"block_0/attention", "block_1/attention"}
+    faith = json.loads((out / "faithfulness.json").read_text())
+    assert set(faith) == {"integrated_gradients", "smoothgrad", "attention_x_gradient"}
+    for row in faith.values():
+        assert 0.0 <= row["planted_top1"] <= 1.0
+    assert faith["integrated_gradients"]["mean_abs_delta"] is not None
     vocab = (out / "vocab.txt").read_text().splitlines()
     assert vocab[:4] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    assert res.stderr.strip() == "", res.stderr[-2000:]
+    # the TensorBoard directory holds event files and the profiler trace
+    tb = out / "tensorboard"
+    events = [p for p in tb.rglob("events.out.tfevents.*")]
+    assert events
+    assert list((tb / "plugins" / "profile").rglob("*.xplane.pb"))
+    html = (out / "attributions" / "attributions.html").read_text()
+    assert "<span" in html and "integrated_gradients" in html
+
+
+def test_explain_subcommand(demo_run, tmp_path):
+    out, _ = demo_run
+    res = kerastrace("explain", str(out / "model.keras"), "--vocab", str(out / "vocab.txt"),
+                     "--text", "the film was wonderful", "--output-dir", str(tmp_path / "ex"),
+                     "--steps", "8")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "wonderful=" in res.stdout
+    data = json.loads((tmp_path / "ex" / "explanations.json").read_text())
+    [e] = data["explanations"]
+    assert [w["word"] for w in e["words"]] == ["the", "film", "was", "wonderful"]
+    assert (tmp_path / "ex" / "explanation_0.png").stat().st_size > 0
+
+
+def test_attention_subcommand(demo_run, tmp_path):
+    out, _ = demo_run
+    res = kerastrace("attention", str(out / "model.keras"), "--vocab", str(out / "vocab.txt"),
+                     "--text", "a superb film", "--output-dir", str(tmp_path / "at"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "block_1/attention: (1, 2, 24, 24)" in res.stdout
+    import numpy as np
+
+    w = np.load(tmp_path / "at" / "attention.npz")
+    assert sorted(w.files) == ["block_0__attention", "block_1__attention"]
+    np.testing.assert_allclose(w["block_0__attention"][0, :, :5].sum(-1), 1.0, atol=1e-5)
+
+
+def test_profile_subcommand_json(demo_run):
+    out, _ = demo_run
+    res = kerastrace("profile", str(out / "model.keras"), "--input-shape", "1,24",
+                     "--format", "json", "--no-trace")
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads(res.stdout)
     import keras
 
-    model = keras.saving.load_model(out / "model.keras")  # no custom_objects
-    assert model.output_shape == (None, 2)
+    from kerastrace import layers as _layers  # noqa: F401  (registers them for load_model)
+
+    model = keras.saving.load_model(out / "model.keras")
+    assert sum(r["self_params"] for r in data["layers"]) == model.count_params()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["explain", "missing.keras", "--text", "hi"], "no such file"),
+        (["profile", "README.md", "--input-shape", "1,4"], "not a Keras model file"),
+        (["explain", "m.keras", "--method", "nope", "--text", "hi"], "invalid choice: 'nope'"),
+        (["profile", "--builder", "nope.py:f"], "nope.py"),
+    ],
+)
+def test_failures_are_one_clear_line(args, message):
+    res = kerastrace(*args, timeout=120)
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert len([line for line in res.stderr.splitlines() if "error" in line]) == 1
+
+
+def test_wrong_npy_shape_and_unsafe_model(demo_run, tmp_path):
+    import numpy as np
+
+    out, _ = demo_run
+    np.save(tmp_path / "x.npy", np.ones((2, 7), "int32"))
+    res = kerastrace("explain", str(out / "model.keras"), "--npy", str(tmp_path / "x.npy"))
+    assert res.returncode == 2 and "does not fit the model's input shape" in res.stderr
+    import keras
+
+    inp = keras.Input((3,))
+    model = keras.Model(inp, keras.layers.Lambda(lambda t: t * 2)(inp))
+    model.save(tmp_path / "lambda.keras")
+    res = kerastrace("profile", str(tmp_path / "lambda.keras"), "--input-shape", "1,3")
+    assert res.returncode == 2 and "unsafe" in res.stderr and "--unsafe" in res.stderr
 
 
 @pytest.mark.slow
