@@ -10,7 +10,7 @@ Every number printed is a ratio measured side by side in this run:
    `internal_batch_size`, each in a fresh subprocess, next to the same IG
    with all steps in one chunk.
 3. Peers (alibi, tf-explain, tf-keras-vis), run in their own virtualenv
-   (`--peer-python`, default /tmp/venv-peers/bin/python) with kerastrace on
+   (`--peer-python`, default .venv-peers/bin/python, made by `make peers`) with kerastrace on
    its path: time(peer) / time(kerastrace) at equal work and the largest
    difference of the attributions.
 
@@ -285,9 +285,8 @@ def bench_peers(python, repeats):
     print("\n== 3. peers at equal work (time ratio > 1: kerastrace faster) ==")
     if not os.path.exists(python):
         for peer in ("alibi", "tf-explain", "tf-keras-vis"):
-            print(f"peer {peer}: not available (no peer virtualenv at {python}; create it with "
-                  "`python3 -m venv /tmp/venv-peers && /tmp/venv-peers/bin/pip install "
-                  "tensorflow==2.21.* tf-keras-vis tf-explain alibi opencv-python-headless`)")
+            print(f"peer {peer}: not available (no peer virtualenv at {python}; create it "
+                  "with `make peers`)")
         return
     out = subprocess.run(
         [python, __file__, "--_peers-child", "--repeats", str(repeats)],
@@ -303,7 +302,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats and settings")
     p.add_argument("--no-peers", action="store_true", help="skip the peer comparison")
-    p.add_argument("--peer-python", default="/tmp/venv-peers/bin/python",
+    p.add_argument("--peer-python", default=os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv-peers", "bin", "python"),
                    help="python of a virtualenv with alibi, tf-explain, tf-keras-vis")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--_mem-child", nargs=2, type=int, help=argparse.SUPPRESS)

@@ -99,14 +99,14 @@ class AttentionMonitor(_Monitor):
     >>> from kerastrace.layers import TransformerBlock
     >>> from kerastrace.tensorboard import AttentionMonitor
     >>> inp = keras.Input((4,), dtype="int32")
-    >>> x, _ = TransformerBlock(2, 8)(keras.layers.Embedding(10, 8)(inp))
+    >>> x, _ = TransformerBlock(2, 8, name="block")(keras.layers.Embedding(10, 8)(inp))
     >>> model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Flatten()(x)))
     >>> model.compile("sgd", "mse")
     >>> ids = np.array([[1, 2, 3, 4]])
     >>> mon = AttentionMonitor(tempfile.mkdtemp(), ids, write_images=False)
     >>> _ = model.fit(ids, np.zeros((1, 1)), epochs=1, verbose=0, callbacks=[mon])
     >>> mon.failures, sorted(mon.last_statistics.scalars())[0]
-    (0, 'distance/transformer_block/attention/head_0')
+    (0, 'distance/block/attention/head_0')
     """
 
     def __init__(
