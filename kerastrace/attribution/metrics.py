@@ -3,7 +3,9 @@ deletion/insertion (AOPC) curves and the model-parameter randomization check.
 
 Example:
 
->>> import numpy as np, keras
+>>> import weakref
+
+import numpy as np, keras
 >>> from kerastrace.attribution import IntegratedGradients, Saliency, metrics
 >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
 >>> x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
@@ -18,6 +20,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import keras
 import numpy as np
@@ -47,6 +50,24 @@ class _Scorer(Attribution):
         return self._scores(xs, tgt, chunk).astype(np.float64)
 
 
+_SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _scorer_for(model) -> _Scorer:
+    """One `_Scorer` (and so one compiled function) per model, kept weakly.
+
+    Building a new scorer on every metric call re-traced the model each time
+    and set off TensorFlow's retracing warnings after a few calls.
+    """
+    try:
+        scorer = _SCORERS.get(model)
+        if scorer is None:
+            scorer = _SCORERS[model] = _Scorer(model)
+        return scorer
+    except TypeError:  # not weak-referenceable: no cache
+        return _Scorer(model)
+
+
 def _tuple(a, is_tuple):
     return tuple(np.asarray(t) for t in a) if is_tuple else (np.asarray(a),)
 
@@ -72,7 +93,7 @@ def convergence_delta(
     bases = tuple(
         b.astype(x.dtype) for b, x in zip(_core.broadcast_baselines(baselines, xs, dtype=None), xs)
     )
-    scorer = _Scorer(model)
+    scorer = _scorer_for(model)
     total = sum(a.reshape(a.shape[0], -1).astype(np.float64).sum(axis=1) for a in attrs)
     return (total - (scorer(xs, target) - scorer(bases, target))).astype(np.float32)
 
@@ -126,7 +147,7 @@ def infidelity(
     reps = tuple(np.repeat(x, n, axis=0) for x in xs)  # (B*n, ...), example-major
     pert, perturbed = perturb(reps, rng)
     pert, perturbed = tuple(pert), tuple(np.asarray(p, np.float32) for p in perturbed)
-    scorer = _Scorer(model)
+    scorer = _scorer_for(model)
     tgt = scorer._target(target, xs)
     f_x = scorer(xs, tgt)
     f_p = scorer(perturbed, tgt.repeat(n)).reshape(batch, n)
@@ -244,7 +265,7 @@ def _curve(kind, model, inputs, attributions, target, baselines, n_steps, intern
         sel = np.broadcast_to(sel, x.shape)
         rows.append(np.where(sel, base, x) if kind == "deletion" else np.where(sel, x, base))
     stacked = np.concatenate(rows, axis=0)
-    scorer = _Scorer(model)
+    scorer = _scorer_for(model)
     tgt = scorer._target(target, xs)
     rep = _core.TargetSpec(np.tile(tgt.indices, steps + 1), tgt.fn)
     scores = scorer((stacked,), rep, internal_batch_size).reshape(steps + 1, batch).T

@@ -190,6 +190,11 @@ class ModelProfile:
 
     def __getitem__(self, path_or_name: str) -> LayerProfile:
         """Row by full path, by path without the model name, or by unique layer name."""
+        if not isinstance(path_or_name, str):
+            raise TypeError(
+                "Received an invalid value for argument `path_or_name`, expected a layer "
+                f"path or name (str). Received: path_or_name={path_or_name!r}"
+            )
         for row in self.layers:
             if row.path == path_or_name:
                 return row

@@ -310,10 +310,25 @@ def plot_feature_attributions(
 def profile_rows(profile) -> list[dict]:
     """Normalize a profile to a list of `{"path", "flops", "time_ms", ...}` dicts.
 
-    Accepts any object with `.rows` (rows being dicts or objects with
-    attributes `path`, `flops`, `time_ms`, optionally `class_name`,
-    `params`), or such a list directly. Missing numbers become 0.
+    Accepts a `kerastrace.profiling.ModelProfile` (its layer rows below the
+    model, with their *self* FLOPs, time and parameters so that nested layers
+    are not counted twice), any object with `.rows` (rows being dicts or
+    objects with attributes `path`, `flops`, `time_ms`, optionally
+    `class_name`, `params`), or such a list directly. Missing numbers become 0.
     """
+    layers = getattr(profile, "layers", None)
+    if getattr(profile, "rows", None) is None and isinstance(layers, (list, tuple)):
+        return [
+            {
+                "path": str(r.path),
+                "class_name": str(r.class_name),
+                "flops": float(r.self_flops or 0),
+                "params": float(r.self_params or 0),
+                "time_ms": float(r.self_time_ms or 0),
+            }
+            for r in layers
+            if getattr(r, "depth", 1) > 0
+        ] or profile_rows([])
     rows = getattr(profile, "rows", profile)
     if callable(rows):
         rows = rows()

@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import text_model
+from attr_models import text_model
 
 from kerastrace.attribution import AttentionXGradient, GradientWeightedRollout
 from kerastrace.layers import SelfAttention

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ig_paper_equivalent, ig_paper_model, smooth_mlp
+from attr_models import ig_paper_equivalent, ig_paper_model, smooth_mlp
 
 from kerastrace.attribution import InputXGradient, IntegratedGradients, Saliency
 from kerastrace.attribution.integrated_gradients import METHODS, approximation_parameters

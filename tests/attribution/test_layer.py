@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import smooth_mlp, text_model
+from attr_models import smooth_mlp, text_model
 
 from kerastrace.attribution import (
     IntegratedGradients,

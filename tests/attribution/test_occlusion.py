@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import smooth_mlp, text_model
+from attr_models import smooth_mlp, text_model
 
 from kerastrace.attribution import Occlusion
 
