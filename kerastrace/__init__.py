@@ -3,8 +3,8 @@
 Attention layers that return their weights (`kerastrace.layers`), gradient
 attribution (`kerastrace.attribution`), attention analysis
 (`kerastrace.attention`), per-layer profiling (`kerastrace.profiling`),
-pictures (`kerastrace.visualization`) and TensorBoard views
-(`kerastrace.tensorboard`).
+pictures (`kerastrace.visualization`), TensorBoard views
+(`kerastrace.tensorboard`) and dataset-scale analysis (`kerastrace.scale`).
 
 Importing the package is light: it does not import `matplotlib.pyplot` or
 `tensorflow_text`, and it changes no environment variable. Subpackages are
@@ -29,6 +29,7 @@ _SUBPACKAGES = (
     "text",
     "visualization",
     "tensorboard",
+    "scale",
     "testing",
 )
 

@@ -7,6 +7,8 @@ classifier for a few epochs on the CPU, and then explains it. It writes one
 run directory:
 
     model.keras, vocab.txt        the trained model and its vocabulary
+    train.tsv                     the generated training sentences (label, text)
+    neighbors.json                nearest training sentences of test sentences
     profile/                      per-layer profile: table, JSON, CSV, chart
     attention/                    model view, one head, rollout (PNG)
     attributions/                 IG, SmoothGrad, attention x gradient on sample
@@ -53,6 +55,8 @@ class DemoResult:
             (mean area over the deletion curve of the target logit; higher is
             more faithful) and `mean_abs_delta` (completeness; IG only).
         tensorboard_logdir: The TensorBoard log directory.
+        neighbors: For the first test sentences, the nearest training
+            sentences in the [CLS] representation of the last block.
     """
 
     run_dir: str
@@ -63,6 +67,7 @@ class DemoResult:
     files: list
     faithfulness: dict = dataclasses.field(default_factory=dict)
     tensorboard_logdir: str = ""
+    neighbors: list = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         """A few lines for a terminal."""
@@ -86,6 +91,13 @@ class DemoResult:
                 extra = "" if delta is None else f", mean |delta| {delta:.4f}"
                 lines.append(
                     f"  {method:<22} {row['planted_top1']:.2f} / {row['deletion_aopc']:.3f}{extra}"
+                )
+        if self.neighbors:
+            first = self.neighbors[0]
+            lines.append(f"nearest training sentences to {first['query']!r}:")
+            for nb in first["neighbors"]:
+                lines.append(
+                    f"  label {nb['label']} sim {nb['similarity']:.3f}  {nb['text']!r}"
                 )
         lines.append(f"run directory: {self.run_dir}")
         if self.tensorboard_logdir:
@@ -128,8 +140,8 @@ def run_demo(
 
     >>> import tempfile
     >>> result = run_demo(tempfile.mkdtemp(), n_train=64, n_test=16, epochs=1, verbose=0)
-    >>> sorted(result.files)[:4]
-    ['attention/head.png', 'attention/model_view.png', 'attention/rollout.png', 'attributions/attributions.html']
+    >>> [f in result.files for f in ("model.keras", "faithfulness.json", "profile/profile.png")]
+    [True, True, True]
     """
     n_train = v.check_positive_int("n_train", n_train)
     n_test = v.check_positive_int("n_test", n_test)
@@ -143,7 +155,7 @@ def run_demo(
 
     import keras
 
-    from kerastrace import attention, attribution, explain, profiling, tensorboard, text
+    from kerastrace import attention, attribution, explain, profiling, scale, tensorboard, text
     from kerastrace import visualization as viz
     from kerastrace.testing.data import make_sentiment_corpus
     from kerastrace.testing.reference_models import build_text_classifier
@@ -286,8 +298,17 @@ def run_demo(
     prof.to_tensorboard(tb_dir)
     viz_close_all()
 
+    # --- example-based explanation: nearest training sentences in [CLS] space
+    neighbors = scale.neighbors_for_texts(
+        model, tokenizer, train.sentences, train.labels.tolist(), test.sentences[:3], k=3
+    )
+    with open(out("neighbors.json"), "w") as f:
+        json.dump(neighbors, f, indent=2)
+
     model.save(out("model.keras"))
     text.save_vocabulary(vocab, out("vocab.txt"))
+    with open(out("train.tsv"), "w", encoding="utf-8") as f:
+        f.writelines(f"{y}\t{s}\n" for y, s in zip(train.labels.tolist(), train.sentences))
     files.append("summary.json")
     result = DemoResult(
         run_dir=os.path.abspath(output_dir),
@@ -297,6 +318,7 @@ def run_demo(
         examples=examples,
         files=sorted(files),
         faithfulness=faithfulness,
+        neighbors=neighbors,
         tensorboard_logdir=tb_dir,
     )
     with open(os.path.join(output_dir, "summary.json"), "w") as f:

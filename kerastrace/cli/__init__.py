@@ -122,6 +122,26 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--layer", help="layer path for the single-head picture (default: last)")
     att.add_argument("--head", type=int, default=0, help="head for the single-head picture")
     att.set_defaults(func=_cmd("attention"))
+
+    nb = sub.add_parser(
+        "neighbors",
+        help="nearest training sentences of a query in a layer's representation",
+        description="Index training sentences in a layer's representation (default: the "
+        "[CLS] output of the last TransformerBlock) and print each query's nearest ones.",
+    )
+    nb.add_argument("model", metavar="MODEL", help="a saved .keras model")
+    nb.add_argument("--vocab", help="vocab.txt (one token per line)")
+    nb.add_argument("--train-file", required=True,
+                    help="training sentences, one per line, optionally `label<TAB>text`")
+    nb.add_argument("--text", action="append", help="a query sentence (repeatable)")
+    nb.add_argument("--text-file", help="a file with one query per line")
+    nb.add_argument("-k", type=int, default=5, help="neighbours per query (5)")
+    nb.add_argument("--layer", help="layer name whose output is the representation")
+    nb.add_argument("--metric", choices=("cosine", "l2"), default="cosine")
+    nb.add_argument("--format", choices=("table", "json"), default="table")
+    nb.add_argument("--unsafe", action="store_true",
+                    help="allow unsafe deserialization; only for trusted files")
+    nb.set_defaults(func=_cmd("neighbors"))
     return parser
 
 
@@ -144,8 +164,9 @@ def _import_tensorflow_quietly() -> None:
         if fd is not None:
             sys.stderr.flush()
             os.dup2(devnull, fd)
-        import tensorflow  # noqa: F401
+        import tensorflow
 
+        tensorflow.config.list_physical_devices()  # device probing (cuInit) logs here too
         try:
             import tensorflow_text  # noqa: F401
         except ImportError:  # pragma: no cover - a dependency of kerastrace

@@ -212,3 +212,60 @@ def attention(args) -> int:
     if args.logdir:
         print(f"Open it in TensorBoard: tensorboard --logdir {args.logdir}")
     return 0
+
+
+# ---------------------------------------------------------------- neighbors
+def _read_train_file(path: str):
+    """Lines of `label<TAB>text` (labels optional) -> (texts, labels or None)."""
+    _check_exists(path, "--train-file")
+    texts, labels = [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            head, sep, rest = line.partition("\t")
+            if sep:
+                try:
+                    labels.append(int(head))
+                except ValueError:
+                    raise ValueError(
+                        f"--train-file: line {n} has a tab but its first field {head!r} is "
+                        "not an integer label (expected `label<TAB>text`)"
+                    ) from None
+                texts.append(rest)
+            else:
+                texts.append(line)
+    if not texts:
+        raise ValueError(f"--train-file: {path} holds no text lines")
+    if labels and len(labels) != len(texts):
+        raise ValueError("--train-file: give a label on every line or on none")
+    return texts, (labels or None)
+
+
+def neighbors(args) -> int:
+    from kerastrace.scale import neighbors_for_texts
+    from kerastrace.text import Tokenizer
+
+    _check_exists(args.model, "MODEL")
+    model = _load_model(args.model, args.unsafe)
+    queries = _texts(args)
+    if not queries:
+        raise ValueError("give --text or --text-file")
+    if not args.vocab:
+        raise ValueError("--vocab is required")
+    _check_exists(args.vocab, "--vocab")
+    texts, labels = _read_train_file(args.train_file)
+    tokenizer = Tokenizer(args.vocab, sequence_length=model.input_shape[1])
+    results = neighbors_for_texts(
+        model, tokenizer, texts, labels, queries, k=args.k, layer=args.layer, metric=args.metric
+    )
+    if args.format == "json":
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+        return 0
+    for r in results:
+        print(f"query: {r['query']}")
+        for nb in r["neighbors"]:
+            label = "-" if nb["label"] is None else nb["label"]
+            print(f"  {nb['rank']}. sim={nb['similarity']:+.3f} label={label} {nb['text']}")
+    return 0
