@@ -138,6 +138,8 @@ def bench_shape(b, t, d, h, rounds, inner, ff_mult=4):
 
 
 def main(argv=None):
+    # Each candidate gets its own tf.function on purpose; TF's retracing notice is noise here.
+    tf.get_logger().setLevel("ERROR")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, few rounds")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds")

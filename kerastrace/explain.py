@@ -49,21 +49,11 @@ def find_token_embedding(model):
     Raises:
         ValueError: if the model has no `Embedding` layer.
     """
-    import keras
+    from kerastrace._utils.models import find_token_embedding as _find
 
-    stack = [model]
-    seen = set()
-    while stack:
-        layer = stack.pop(0)
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        if isinstance(layer, keras.layers.Embedding):
-            return layer
-        try:
-            stack.extend(layer._flatten_layers(include_self=False, recursive=False))
-        except AttributeError:
-            pass
+    layer = _find(model)
+    if layer is not None:
+        return layer
     raise ValueError(
         "Received an invalid value for argument `model`: it has no keras.layers.Embedding "
         "to attribute token scores to. Pass `embedding_layer=` explicitly. Received: "

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerastrace._utils import validation as v
+from kerastrace._utils.models import find_token_embedding
 from kerastrace.tensorboard._writers import (
     get_writer,
     write_attention,
@@ -152,19 +153,6 @@ class AttentionMonitor(_Monitor):
             )
 
 
-def _find_embedding(model):
-    stack = [model]
-    while stack:
-        layer = stack.pop(0)
-        if isinstance(layer, keras.layers.Embedding):
-            return layer
-        try:
-            stack.extend(layer._flatten_layers(include_self=False, recursive=False))
-        except AttributeError:
-            pass
-    return None
-
-
 def _target_score(outputs, target):
     out = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
     out = tf.reshape(tf.cast(out, tf.float32), (tf.shape(out)[0], -1))
@@ -183,7 +171,7 @@ def gradient_x_embedding(model, probe_inputs, target=None) -> np.ndarray:
     `target` logit (default: the predicted one). Models without an Embedding
     layer get gradient x input on float `(B, T, D)` inputs.
     """
-    emb = _find_embedding(model)
+    emb = find_token_embedding(model)
     if emb is None:
         x = tf.convert_to_tensor(probe_inputs, tf.float32)
         with tf.GradientTape() as tape:
