@@ -16,6 +16,8 @@ from kerastrace.attribution import LayerIntegratedGradients  # noqa: E402
 from kerastrace.scale import attribute_dataset  # noqa: E402
 from kerastrace.testing.reference_models import build_text_classifier  # noqa: E402
 
+if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+    sys.exit(f"usage: {sys.argv[0]} OUTPUT_DIR")
 out_dir = sys.argv[1]
 rng = np.random.default_rng(0)
 ids = rng.integers(2, 30, size=(11, 8)).astype("int32")
