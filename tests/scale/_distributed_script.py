@@ -1,50 +1,61 @@
-"""Run in a fresh process: two logical CPU devices must be set before TF initializes."""
+"""Run in a fresh process: two logical CPU devices must be set before TF initializes.
+
+Everything happens under `if __name__ == "__main__"`: pytest imports this file
+(`--doctest-modules`), and at import it must neither configure devices in the
+test process nor run the job.
+"""
 
 import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import tensorflow as tf  # noqa: E402
 
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+def main():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
 
-import numpy as np  # noqa: E402
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from kerastrace.attribution import LayerIntegratedGradients  # noqa: E402
-from kerastrace.scale import attribute_dataset  # noqa: E402
-from kerastrace.testing.reference_models import build_text_classifier  # noqa: E402
+    import numpy as np
 
-if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
-    sys.exit(f"usage: {sys.argv[0]} OUTPUT_DIR")
-out_dir = sys.argv[1]
-rng = np.random.default_rng(0)
-ids = rng.integers(2, 30, size=(11, 8)).astype("int32")
-ids[:, 0] = 1
-ids[::3, 5:] = 0
-y = rng.integers(0, 2, size=11).astype("int32")
-ds = tf.data.Dataset.from_tensor_slices((ids, y)).batch(4)  # last batch 3: split 2 + 1
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-with strategy.scope():
-    model = build_text_classifier(30, 8, dim=16, num_heads=2, ff_dim=16, num_layers=1)
-lig = LayerIntegratedGradients(model, "embedding")
-kw = dict(reduce_hidden="sum", n_steps=8, baselines=0, shard_size=5, progress=False)
-single = attribute_dataset(lig, ds, **kw)
-dist = attribute_dataset(lig, ds, strategy=strategy, output_dir=out_dir, **kw)
-result = {
-    "replicas": strategy.num_replicas_in_sync,
-    "max_attr_diff": float(np.abs(single.attributions - dist.attributions).max()),
-    "max_delta_diff": float(np.abs(single.delta - dist.delta).max()),
-    "index": dist.load()["index"].tolist(),
-    "labels_equal": bool(np.array_equal(dist.labels, y)),
-    "inputs_equal": bool(np.array_equal(dist.inputs, ids)),
-    "num_shards": dist.num_shards,
-}
-late = build_text_classifier(30, 8, dim=16, num_heads=2, ff_dim=16, num_layers=1)
-try:
-    attribute_dataset(LayerIntegratedGradients(late, "embedding"), ds, strategy=strategy, **kw)
-    result["late_error"] = None
-except ValueError as e:
-    result["late_error"] = str(e)
-print("RESULT " + json.dumps(result))
+    from kerastrace.attribution import LayerIntegratedGradients
+    from kerastrace.scale import attribute_dataset
+    from kerastrace.testing.reference_models import build_text_classifier
+
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+        sys.exit(f"usage: {sys.argv[0]} OUTPUT_DIR")
+    out_dir = sys.argv[1]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, 30, size=(11, 8)).astype("int32")
+    ids[:, 0] = 1
+    ids[::3, 5:] = 0
+    y = rng.integers(0, 2, size=11).astype("int32")
+    ds = tf.data.Dataset.from_tensor_slices((ids, y)).batch(4)  # last batch 3: split 2 + 1
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = build_text_classifier(30, 8, dim=16, num_heads=2, ff_dim=16, num_layers=1)
+    lig = LayerIntegratedGradients(model, "embedding")
+    kw = dict(reduce_hidden="sum", n_steps=8, baselines=0, shard_size=5, progress=False)
+    single = attribute_dataset(lig, ds, **kw)
+    dist = attribute_dataset(lig, ds, strategy=strategy, output_dir=out_dir, **kw)
+    result = {
+        "replicas": strategy.num_replicas_in_sync,
+        "max_attr_diff": float(np.abs(single.attributions - dist.attributions).max()),
+        "max_delta_diff": float(np.abs(single.delta - dist.delta).max()),
+        "index": dist.load()["index"].tolist(),
+        "labels_equal": bool(np.array_equal(dist.labels, y)),
+        "inputs_equal": bool(np.array_equal(dist.inputs, ids)),
+        "num_shards": dist.num_shards,
+    }
+    late = build_text_classifier(30, 8, dim=16, num_heads=2, ff_dim=16, num_layers=1)
+    try:
+        attribute_dataset(LayerIntegratedGradients(late, "embedding"), ds, strategy=strategy, **kw)
+        result["late_error"] = None
+    except ValueError as e:
+        result["late_error"] = str(e)
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
