@@ -296,7 +296,7 @@ def run_demo(
     fig, _ = prof.plot()
     fig.savefig(out("profile", "profile.png"), dpi=90)
     prof.to_tensorboard(tb_dir)
-    viz_close_all()
+    _close_figures()
 
     # --- example-based explanation: nearest training sentences in [CLS] space
     neighbors = scale.neighbors_for_texts(
@@ -327,18 +327,14 @@ def run_demo(
 
 
 def _subset(tokenized, n):
-    """The first `n` examples of a `TokenizedText`."""
+    """The first `n` examples of a `TokenizedText` (every field has a batch axis)."""
     return dataclasses.replace(
         tokenized,
-        texts=tokenized.texts[:n], ids=tokenized.ids[:n], mask=tokenized.mask[:n],
-        offsets=tokenized.offsets[:n], tokens=tokenized.tokens[:n],
-        word_ids=tokenized.word_ids[:n], words=tokenized.words[:n],
-        word_offsets=tokenized.word_offsets[:n], truncated=tokenized.truncated[:n],
-        num_wordpieces=tokenized.num_wordpieces[:n],
+        **{f.name: getattr(tokenized, f.name)[:n] for f in dataclasses.fields(tokenized)},
     )
 
 
-def viz_close_all():
+def _close_figures():
     """Close the figures the demo made (it runs headless; nothing is shown)."""
     from kerastrace._utils.lazy import pyplot
 

@@ -112,6 +112,7 @@ def token_attributions(
     mask=None,
     embedding_layer=None,
     internal_batch_size: int | None = None,
+    baselines=None,
     nt_samples: int = 16,
     stdev: float = 0.15,
     seed: int = 0,
@@ -128,6 +129,8 @@ def token_attributions(
         mask: `(B, T)` bool of real tokens; default `ids != pad_id`.
         embedding_layer: The token embedding layer (default: found in the model).
         internal_batch_size: Rows per model call for the batched methods.
+        baselines: Baseline token ids for `integrated_gradients`, broadcast to
+            `ids` (default: `pad_id` everywhere).
         nt_samples: Noise samples for `smoothgrad`.
         stdev: Noise standard deviation for `smoothgrad`, relative to the
             embeddings' standard deviation.
@@ -152,8 +155,8 @@ def token_attributions(
         )
     ids = ids.astype("int32")
     mask = ids != pad_id if mask is None else np.asarray(mask, bool)
-    logits = np.asarray(model.predict(ids, verbose=0, batch_size=256))
-    if target is None:
+    if target is None:  # the predicted class: one forward pass
+        logits = np.asarray(model.predict(ids, verbose=0, batch_size=256))
         targets = logits.argmax(-1).astype("int32")
     else:
         targets = np.broadcast_to(np.asarray(target, dtype="int32"), (len(ids),)).copy()
@@ -162,7 +165,8 @@ def token_attributions(
         emb = embedding_layer or find_token_embedding(model)
         if method == "integrated_gradients":
             attr, delta = attribution.LayerIntegratedGradients(model, emb).attribute(
-                ids, baselines=pad_id, target=targets, n_steps=n_steps,
+                ids, baselines=pad_id if baselines is None else baselines,
+                target=targets, n_steps=n_steps,
                 internal_batch_size=internal_batch_size, return_convergence_delta=True,
             )
             scores = attribution.token_scores(attr)
@@ -307,13 +311,14 @@ def explain_text(
             f"Received: tokenizer.sequence_length={tokenizer.sequence_length}"
         )
     tok = tokenizer.tokenize(list(texts))
-    scores, targets, delta = token_attributions(
-        model, tok.ids, method=method, target=target, n_steps=n_steps,
-        pad_id=tokenizer.pad_id, mask=tok.mask, **kwargs,
-    )
     logits = np.asarray(model.predict(tok.ids, verbose=0))
     e = np.exp(logits - logits.max(-1, keepdims=True))
     probs = e / e.sum(-1, keepdims=True)
+    scores, targets, delta = token_attributions(
+        model, tok.ids, method=method,
+        target=logits.argmax(-1).astype("int32") if target is None else target,
+        n_steps=n_steps, pad_id=tokenizer.pad_id, mask=tok.mask, **kwargs,
+    )
     word_scores = aggregate_to_words(scores, tok)
     return [
         TextExplanation(

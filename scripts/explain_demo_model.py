@@ -123,28 +123,6 @@ def train_tiny(train_size: int, epochs: int, sequence_length: int, negation_rate
     return model, tokenizer
 
 
-def embedding_layer(model):
-    """The token embedding to attribute to."""
-    import keras
-
-    try:
-        layer = model.get_layer("embedding")
-    except ValueError:
-        layer = None
-    if layer is not None and isinstance(
-        getattr(layer, "token_embedding", None), keras.layers.Embedding
-    ):
-        return layer.token_embedding
-    if isinstance(layer, keras.layers.Embedding):
-        return layer
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Embedding):
-            return layer
-    raise SystemExit(
-        "error: the model has no `embedding` layer (TokenAndPositionEmbedding or Embedding) to explain"
-    )
-
-
 def html_page(items) -> str:
     rows = []
     for it in items:
@@ -175,7 +153,7 @@ def main(argv=None) -> int:
 
     from kerastrace import text
     from kerastrace import visualization as viz
-    from kerastrace.attribution import LayerIntegratedGradients, token_scores
+    from kerastrace.explain import find_token_embedding, token_attributions
 
     if args.run_dir:
         model, tokenizer = load_run(args.run_dir, args.unsafe_deserialization)
@@ -195,14 +173,19 @@ def main(argv=None) -> int:
     predicted = logits.argmax(-1)
     targets = predicted if args.target is None else np.full(len(sentences), args.target)
 
-    layer = embedding_layer(model)
+    try:
+        layer = find_token_embedding(model)
+    except ValueError:
+        raise SystemExit(
+            "error: the model has no `embedding` layer (TokenAndPositionEmbedding or Embedding) "
+            "to explain"
+        ) from None
     # Baseline: keep [CLS]/[SEP], replace every word piece by padding (id 0).
     baseline = np.where(tok.special_tokens_mask & tok.mask, tok.ids, tokenizer.pad_id)
-    attr, delta = LayerIntegratedGradients(model, layer).attribute(
-        tok.ids, baselines=baseline, target=targets, n_steps=args.steps,
-        return_convergence_delta=True,
+    scores, _, delta = token_attributions(
+        model, tok.ids, method="integrated_gradients", target=targets, n_steps=args.steps,
+        pad_id=tokenizer.pad_id, mask=tok.mask, embedding_layer=layer, baselines=baseline,
     )  # fmt: skip
-    scores = token_scores(attr)
     words = text.aggregate_to_words(scores, tok)
 
     os.makedirs(args.output_dir, exist_ok=True)

@@ -51,18 +51,25 @@ def _as_layers(weights, name="weights") -> tuple[list[str], list[np.ndarray]]:
     return names, arrays
 
 
-def _as_mask(mask, b, t) -> np.ndarray:
-    if mask is None:
-        return np.ones((b, t), dtype=bool)
-    m = np.asarray(mask).astype(bool)
+def _bool_bt(arr, b, t, name, expected) -> np.ndarray:
+    """`arr` as a `(B, T)` boolean array (a `(T,)` array is broadcast over the batch)."""
+    m = np.asarray(arr).astype(bool)
     if m.ndim == 1:
         m = np.broadcast_to(m, (b, t))
     if m.shape != (b, t):
         raise ValueError(
-            "Received an invalid value for argument `mask`, expected a boolean array of "
-            f"shape (B, T)=({b}, {t}), True on real tokens. Received: mask.shape={m.shape}"
+            f"Received an invalid value for argument `{name}`, expected {expected}. "
+            f"Received: {name}.shape={m.shape}"
         )
     return m
+
+
+def _as_mask(mask, b, t) -> np.ndarray:
+    if mask is None:
+        return np.ones((b, t), dtype=bool)
+    return _bool_bt(
+        mask, b, t, "mask", f"a boolean array of shape (B, T)=({b}, {t}), True on real tokens"
+    )
 
 
 def _fuse(a: np.ndarray, head_fusion: str) -> np.ndarray:
@@ -313,14 +320,7 @@ def _special_positions(special, token_ids, special_ids, b, t):
     if special is not None:
         s = np.asarray(special)
         if s.dtype == bool:
-            if s.ndim == 1:
-                s = np.broadcast_to(s, (b, t))
-            if s.shape != (b, t):
-                raise ValueError(
-                    "Received an invalid value for argument `special`, expected a (B, T) "
-                    f"boolean array or a list of positions. Received: special.shape={s.shape}"
-                )
-            return s
+            return _bool_bt(s, b, t, "special", "a (B, T) boolean array or a list of positions")
         pos = np.zeros((b, t), dtype=bool)
         pos[:, s.astype(int).ravel()] = True
         return pos

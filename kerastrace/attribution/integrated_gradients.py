@@ -163,7 +163,9 @@ class IntegratedGradients(GradientAttribution):
         method="gausslegendre",
         internal_batch_size=None,
     ):
-        bases = _core.broadcast_baselines(baselines, xs)
+        # Callers pass baselines already broadcast by `broadcast_baselines`
+        # (`attribute`, `NoiseTunnel`), or None for the zero baseline.
+        bases = _core.broadcast_baselines(None, xs) if baselines is None else baselines
         alphas, weights = approximation_parameters(method, n_steps)
         g = xs[0].shape[0]
         chunk = self._chunk(internal_batch_size, g * n_steps)

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from kerastrace._utils import validation as v
+from kerastrace.layers._common import AttentionOutputs, clone_initializer
 
 _MASK_RANKS = (2, 3, 4)
 
@@ -17,7 +18,7 @@ def _as_bool(mask):
 
 
 @keras.saving.register_keras_serializable(package="kerastrace")
-class SelfAttention(keras.layers.Layer):
+class SelfAttention(AttentionOutputs, keras.layers.Layer):
     """Multi-head scaled dot-product self-attention with its weights as an output.
 
     Computes `softmax(Q K^T / sqrt(key_dim)) V` for `num_heads` heads over one
@@ -174,7 +175,7 @@ class SelfAttention(keras.layers.Layer):
         self.output_kernel = self.add_weight(
             name="output_kernel",
             shape=(self.num_heads * self.value_dim, out_dim),
-            initializer=self._clone(self.kernel_initializer),
+            initializer=clone_initializer(self.kernel_initializer),
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
         )
@@ -182,14 +183,14 @@ class SelfAttention(keras.layers.Layer):
             self.qkv_bias = self.add_weight(
                 name="qkv_bias",
                 shape=(qkv,),
-                initializer=self._clone(self.bias_initializer),
+                initializer=clone_initializer(self.bias_initializer),
                 regularizer=self.bias_regularizer,
                 constraint=self.bias_constraint,
             )
             self.output_bias = self.add_weight(
                 name="output_bias",
                 shape=(out_dim,),
-                initializer=self._clone(self.bias_initializer),
+                initializer=clone_initializer(self.bias_initializer),
                 regularizer=self.bias_regularizer,
                 constraint=self.bias_constraint,
             )
@@ -197,9 +198,6 @@ class SelfAttention(keras.layers.Layer):
             self.qkv_bias = None
             self.output_bias = None
         self._dropout_layer.build((None, self.num_heads, input_shape[1], input_shape[1]))
-
-    def _clone(self, initializer):
-        return initializer.__class__.from_config(initializer.get_config())
 
     def _fused_initializer(self, dim):
         """Initialize Q, K and V blocks separately, as three Keras projections would.
@@ -215,7 +213,7 @@ class SelfAttention(keras.layers.Layer):
         )
 
         def init(shape, dtype=None):
-            parts = [self._clone(base)((dim, s), dtype=dtype) for s in sizes]
+            parts = [clone_initializer(base)((dim, s), dtype=dtype) for s in sizes]
             return ops.concatenate(parts, axis=-1)
 
         return init
@@ -323,11 +321,6 @@ class SelfAttention(keras.layers.Layer):
             return outputs, weights
         return outputs
 
-    def compute_mask(self, inputs, mask=None):
-        if self.return_attention_scores:
-            return [mask, None]
-        return mask
-
     # ---------------------------------------------------------------- shapes
     def compute_output_shape(self, input_shape):
         self._check_input_shape(input_shape)
@@ -336,15 +329,6 @@ class SelfAttention(keras.layers.Layer):
             return out
         t = input_shape[1]
         return out, (input_shape[0], self.num_heads, t, t)
-
-    def compute_output_spec(self, inputs, *args, **kwargs):
-        shapes = self.compute_output_shape(inputs.shape)
-        if not self.return_attention_scores:
-            return keras.KerasTensor(shapes, dtype=self.compute_dtype)
-        return (
-            keras.KerasTensor(shapes[0], dtype=self.compute_dtype),
-            keras.KerasTensor(shapes[1], dtype="float32"),
-        )
 
     # ---------------------------------------------------------------- config
     def get_config(self):

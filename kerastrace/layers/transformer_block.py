@@ -5,11 +5,12 @@ from __future__ import annotations
 import keras
 
 from kerastrace._utils import validation as v
+from kerastrace.layers._common import AttentionOutputs, clone_initializer
 from kerastrace.layers.self_attention import SelfAttention
 
 
 @keras.saving.register_keras_serializable(package="kerastrace")
-class TransformerBlock(keras.layers.Layer):
+class TransformerBlock(AttentionOutputs, keras.layers.Layer):
     """Self-attention + feed-forward with residuals and layer normalization.
 
     Post-norm (`norm_first=False`, the original Transformer and BERT):
@@ -123,9 +124,6 @@ class TransformerBlock(keras.layers.Layer):
         self.seed = seed
         self.supports_masking = True
 
-    def _init(self, initializer):
-        return initializer.__class__.from_config(initializer.get_config())
-
     def build(self, input_shape):
         if input_shape is None or len(input_shape) != 3 or input_shape[-1] is None:
             raise ValueError(
@@ -152,8 +150,8 @@ class TransformerBlock(keras.layers.Layer):
             dropout=self.attention_dropout,
             use_bias=self.use_bias,
             output_dim=dim,
-            kernel_initializer=self._init(self.kernel_initializer),
-            bias_initializer=self._init(self.bias_initializer),
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
             seed=seed,
             dtype=policy,
             name="attention",
@@ -169,16 +167,16 @@ class TransformerBlock(keras.layers.Layer):
         self.ffn_inner = keras.layers.Dense(
             self.ff_dim,
             activation=self.activation,
-            kernel_initializer=self._init(self.kernel_initializer),
-            bias_initializer=self._init(self.bias_initializer),
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
             dtype=policy,
             name="ffn_inner",
         )
         self.ffn_inner.build(input_shape)
         self.ffn_outer = keras.layers.Dense(
             dim,
-            kernel_initializer=self._init(self.kernel_initializer),
-            bias_initializer=self._init(self.bias_initializer),
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
             dtype=policy,
             name="ffn_outer",
         )
@@ -213,11 +211,6 @@ class TransformerBlock(keras.layers.Layer):
             return x, weights
         return x
 
-    def compute_mask(self, inputs, mask=None):
-        if self.return_attention_scores:
-            return [mask, None]
-        return mask
-
     def compute_output_shape(self, input_shape):
         if input_shape is None or len(input_shape) != 3:
             raise ValueError(
@@ -228,15 +221,6 @@ class TransformerBlock(keras.layers.Layer):
         if not self.return_attention_scores:
             return out
         return out, (input_shape[0], self.num_heads, input_shape[1], input_shape[1])
-
-    def compute_output_spec(self, inputs, *args, **kwargs):
-        shapes = self.compute_output_shape(inputs.shape)
-        if not self.return_attention_scores:
-            return keras.KerasTensor(shapes, dtype=self.compute_dtype)
-        return (
-            keras.KerasTensor(shapes[0], dtype=self.compute_dtype),
-            keras.KerasTensor(shapes[1], dtype="float32"),
-        )
 
     def get_config(self):
         config = super().get_config()

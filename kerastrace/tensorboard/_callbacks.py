@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import weakref
 from collections.abc import Callable, Sequence
 
 import keras
@@ -153,14 +154,16 @@ class AttentionMonitor(_Monitor):
             )
 
 
-def _target_score(outputs, target):
+def _top_logit(outputs):
+    """The largest output of each example (the predicted class's logit)."""
     out = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
     out = tf.reshape(tf.cast(out, tf.float32), (tf.shape(out)[0], -1))
-    if target is None:
-        idx = tf.argmax(out, axis=-1)
-    else:
-        idx = tf.broadcast_to(tf.constant(target, tf.int64), tf.shape(out)[:1])
-    return tf.gather(out, idx, axis=1, batch_dims=1)
+    return tf.reduce_max(out, axis=-1)
+
+
+# One attribution object (so one compiled function) per model, kept weakly:
+# AttributionMonitor calls gradient_x_embedding every epoch.
+_GXE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def gradient_x_embedding(model, probe_inputs, target=None) -> np.ndarray:
@@ -169,38 +172,18 @@ def gradient_x_embedding(model, probe_inputs, target=None) -> np.ndarray:
     Returns `(B, T)` scores: `sum_d (d score / d e_td) * e_td` where `e` is
     the output of the model's first `keras.layers.Embedding` and `score` the
     `target` logit (default: the predicted one). Models without an Embedding
-    layer get gradient x input on float `(B, T, D)` inputs.
+    layer get gradient x input on float `(B, T, D)` inputs. Computed with
+    `kerastrace.attribution.LayerGradientXActivation` (or `InputXGradient`).
     """
-    emb = find_token_embedding(model)
-    if emb is None:
-        x = tf.convert_to_tensor(probe_inputs, tf.float32)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            score = _target_score(model(x, training=False), target)
-        grad = tape.gradient(score, x)
-        return np.asarray(tf.reduce_sum(grad * x, axis=-1))
-    recorded = []
-    orig = emb.call
-    with tf.GradientTape() as tape:
+    from kerastrace.attribution import InputXGradient, LayerGradientXActivation, token_scores
 
-        def call(*args, **kwargs):
-            out = orig(*args, **kwargs)
-            tape.watch(out)
-            recorded.append(out)
-            return out
-
-        object.__setattr__(emb, "call", call)
-        try:
-            score = _target_score(model(probe_inputs, training=False), target)
-        finally:
-            object.__delattr__(emb, "call")
-    grad = tape.gradient(score, recorded[0])
-    if grad is None:
-        raise ValueError(
-            "Received an invalid value for argument `model`: no gradient flows from the "
-            f"output to the embedding layer {emb.name!r}. Received: model={model.name!r}"
-        )
-    return np.asarray(tf.reduce_sum(tf.cast(grad * recorded[0], tf.float32), axis=-1))
+    method = _GXE.get(model)
+    if method is None:
+        emb = find_token_embedding(model)
+        method = InputXGradient(model) if emb is None else LayerGradientXActivation(model, emb)
+        _GXE[model] = method
+    attr = method.attribute(probe_inputs, target=_top_logit if target is None else target)
+    return token_scores(np.asarray(attr))
 
 
 def jaccard_top_k(a: np.ndarray, b: np.ndarray, k: int, mask=None) -> float:
