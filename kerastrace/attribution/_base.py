@@ -77,25 +77,21 @@ class GradientAttribution(Attribution):
         self.run_eagerly = False
         self.engine = _core.GradientEngine(lambda xs, ctx: self._forward(xs), self._names)
 
-    # subclasses implement: _compute(xs, target, **kwargs) -> tuple of arrays
-    def _compute(self, xs, target, **kwargs):  # pragma: no cover - abstract
+    # Subclasses implement `_plan(inputs, target=None, **kwargs) -> (Plan, is_tuple)`:
+    # validate and prepare the inputs and describe the work as a `_core.Plan`.
+    # `attribute` runs the plan once; `NoiseTunnel` runs it on noisy copies.
+    def _plan(self, inputs, target=None, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
 
     @staticmethod
-    def _chunk(internal_batch_size, rows):
+    def _batch_size(internal_batch_size):
+        """Validated `internal_batch_size` (None: all rows in one model call)."""
         if internal_batch_size is None:
-            return max(1, int(rows))
+            return None
         return v.check_positive_int("internal_batch_size", internal_batch_size)
 
-    def _gradients(self, xs, target, internal_batch_size=None):
-        ones = np.ones((xs[0].shape[0], 1), np.float32)
-        chunk = self._chunk(internal_batch_size, xs[0].shape[0])
-        return self._run(xs, xs, ones, ones, target, chunk)
-
-    def _run(self, xs, bases, alphas, weights, target, chunk, ctx=()):
-        return self.engine.run(
-            xs, bases, alphas, weights, target, chunk, ctx=ctx, eager=self.run_eagerly
-        )
+    def _execute(self, plan, noise=None, squares=False):
+        return self.engine.run(plan, noise=noise, squares=squares, eager=self.run_eagerly)
 
     def compute_convergence_delta(self, attributions, start, end, target):
         """`sum(attributions) - (f(end) - f(start))` per example."""

@@ -86,6 +86,7 @@ class GradientShap(GradientAttribution):
         """
         n = v.check_positive_int("n_samples", n_samples)
         v.check_bool("return_convergence_delta", return_convergence_delta)
+        chunk = self._batch_size(internal_batch_size)
         xs, is_tuple = self._prepare(inputs)
         sds = _stdevs(stdevs, len(xs))
         refs = baselines if isinstance(baselines, (tuple, list)) else (baselines,)
@@ -117,12 +118,12 @@ class GradientShap(GradientAttribution):
             noisy.append(rep)
         bases = tuple(r[pick] for r in refs)
         rep_t = tgt.repeat(n)
-        chunk = self._chunk(internal_batch_size, g)
-        grads = self._run(tuple(noisy), bases, alphas, np.ones_like(alphas), rep_t, chunk)
-        per_sample = [
-            gr * (xn - b) if self.multiplies_by_inputs else gr
-            for gr, xn, b in zip(grads, noisy, bases)
-        ]
+        mode = _core.MODE_X_MINUS_BASE if self.multiplies_by_inputs else _core.MODE_GRAD
+        plan = _core.Plan(
+            tuple(noisy), bases, rep_t, alphas, np.ones_like(alphas), (mode,) * len(xs),
+            internal_batch_size=chunk,
+        )
+        per_sample = self._execute(plan)  # one attribution per (example, sample)
         attrs = tuple(
             a.reshape(batch, n, *a.shape[1:]).mean(axis=1).astype(np.float32) for a in per_sample
         )

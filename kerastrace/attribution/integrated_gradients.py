@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import tensorflow as tf
 
 from kerastrace._utils import validation as v
 from kerastrace._utils.types import Inputs, Target
@@ -53,6 +54,18 @@ def _rule(method, n):
     alphas.flags.writeable = False
     weights.flags.writeable = False
     return alphas, weights
+
+
+@functools.lru_cache(maxsize=64)
+def _rule_tensors(method, n):
+    alphas, weights = _rule(method, n)
+    return tf.constant(alphas[None]), tf.constant(weights[None])
+
+
+def path_parameters(method: str, n_steps: int):
+    """`approximation_parameters` as cached `(1, n_steps)` tensors for the engine."""
+    approximation_parameters(method, n_steps)
+    return _rule_tensors(method, n_steps)
 
 
 class IntegratedGradients(GradientAttribution):
@@ -130,46 +143,44 @@ class IntegratedGradients(GradientAttribution):
                 non-finite inputs, or an input the output does not depend on.
         """
         v.check_bool("return_convergence_delta", return_convergence_delta)
-        approximation_parameters(method, n_steps)
-        xs, is_tuple = self._prepare(inputs)
-        bases = _core.broadcast_baselines(baselines, xs)
-        tgt = self._target(target, xs)
-        attrs = self._compute(
-            xs,
-            tgt,
-            baselines=bases,
+        if return_convergence_delta and not self.multiplies_by_inputs:
+            raise ValueError(
+                "Received an invalid value for argument `return_convergence_delta`: the "
+                "delta needs `multiply_by_inputs=True`. Received: "
+                "return_convergence_delta=True"
+            )
+        plan, is_tuple = self._plan(
+            inputs,
+            baselines=baselines,
+            target=target,
             n_steps=n_steps,
             method=method,
             internal_batch_size=internal_batch_size,
         )
+        attrs = self._execute(plan)
         out = _core.restore(attrs, is_tuple)
         if return_convergence_delta:
-            if not self.multiplies_by_inputs:
-                raise ValueError(
-                    "Received an invalid value for argument `return_convergence_delta`: the "
-                    "delta needs `multiply_by_inputs=True`. Received: "
-                    "return_convergence_delta=True"
-                )
-            delta = self.compute_convergence_delta(attrs, bases, xs, tgt)
+            delta = self.compute_convergence_delta(attrs, plan.bases, plan.xs, plan.target)
             return out, delta
         return out
 
-    def _compute(
+    def _plan(
         self,
-        xs,
-        target,
+        inputs,
         baselines=None,
+        target=None,
         n_steps=50,
         method="gausslegendre",
         internal_batch_size=None,
     ):
-        # Callers pass baselines already broadcast by `broadcast_baselines`
-        # (`attribute`, `NoiseTunnel`), or None for the zero baseline.
-        bases = _core.broadcast_baselines(None, xs) if baselines is None else baselines
-        alphas, weights = approximation_parameters(method, n_steps)
-        g = xs[0].shape[0]
-        chunk = self._chunk(internal_batch_size, g * n_steps)
-        acc = self._run(xs, bases, np.tile(alphas, (g, 1)), np.tile(weights, (g, 1)), target, chunk)
-        if not self.multiplies_by_inputs:
-            return acc
-        return tuple((x - b) * a for x, b, a in zip(xs, bases, acc))
+        alphas, weights = path_parameters(method, n_steps)
+        chunk = self._batch_size(internal_batch_size)
+        xs, is_tuple = self._prepare(inputs)
+        bases = _core.broadcast_baselines(baselines, xs)
+        tgt = self._target(target, xs)
+        mode = _core.MODE_X_MINUS_BASE if self.multiplies_by_inputs else _core.MODE_GRAD
+        plan = _core.Plan(
+            xs, bases, tgt, alphas, weights, (mode,) * len(xs),
+            internal_batch_size=chunk,
+        )
+        return plan, is_tuple

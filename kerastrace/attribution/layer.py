@@ -12,7 +12,7 @@ from kerastrace._utils import validation as v
 from kerastrace._utils.types import Inputs, Target
 from kerastrace.attribution import _core
 from kerastrace.attribution._base import GradientAttribution
-from kerastrace.attribution.integrated_gradients import approximation_parameters
+from kerastrace.attribution.integrated_gradients import path_parameters
 
 
 @contextlib.contextmanager
@@ -239,36 +239,52 @@ class LayerIntegratedGradients(_LayerAttribution):
         Raises:
             ValueError: for invalid arguments, or if the layer is not used.
         """
-        approximation_parameters(method, n_steps)
         v.check_bool("return_convergence_delta", return_convergence_delta)
-        xs, _, tgt, bases = self._setup(inputs, baselines, target, attribute_to_layer_input)
-        batch = xs[0].shape[0]
-        cap = self._chunk(internal_batch_size, batch)
-        act_x = self._capture(xs, cap)
-        act_b = self._capture(bases, cap)
-        alphas, weights = approximation_parameters(method, n_steps)
-        chunk = self._chunk(internal_batch_size, batch * n_steps)
-        (acc,) = self._run(
-            (act_x,),
-            (act_b,),
-            np.tile(alphas, (batch, 1)),
-            np.tile(weights, (batch, 1)),
-            tgt,
-            chunk,
-            ctx=xs,
-        )
-        attr = (act_x - act_b) * acc if self.multiplies_by_inputs else acc
-        if not return_convergence_delta:
-            return attr
-        if not self.multiplies_by_inputs:
+        if return_convergence_delta and not self.multiplies_by_inputs:
             raise ValueError(
                 "Received an invalid value for argument `return_convergence_delta`: the "
                 "delta needs `multiply_by_inputs=True`."
             )
+        plan, _ = self._plan(
+            inputs,
+            baselines=baselines,
+            target=target,
+            n_steps=n_steps,
+            method=method,
+            internal_batch_size=internal_batch_size,
+            attribute_to_layer_input=attribute_to_layer_input,
+        )
+        (attr,) = self._execute(plan)
+        if not return_convergence_delta:
+            return attr
+        (act_x,), (act_b,), xs, tgt = plan.xs, plan.bases, plan.ctx, plan.target
         f_x = self.injected_engine.scores((act_x, *xs), tgt)
         f_b = self.injected_engine.scores((act_b, *xs), tgt)
-        total = attr.reshape(batch, -1).astype(np.float64).sum(axis=1)
+        total = attr.reshape(attr.shape[0], -1).astype(np.float64).sum(axis=1)
         return attr, (total - (f_x.astype(np.float64) - f_b)).astype(np.float32)
+
+    def _plan(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        n_steps=50,
+        method="gausslegendre",
+        internal_batch_size=None,
+        attribute_to_layer_input=False,
+    ):
+        alphas, weights = path_parameters(method, n_steps)
+        chunk = self._batch_size(internal_batch_size)
+        xs, is_tuple, tgt, bases = self._setup(inputs, baselines, target, attribute_to_layer_input)
+        cap = chunk or xs[0].shape[0]
+        act_x = self._capture(xs, cap)
+        act_b = self._capture(bases, cap)
+        mode = _core.MODE_X_MINUS_BASE if self.multiplies_by_inputs else _core.MODE_GRAD
+        plan = _core.Plan(
+            (act_x,), (act_b,), tgt, alphas, weights, (mode,),
+            internal_batch_size=chunk, ctx=xs,
+        )
+        return plan, is_tuple
 
 
 class LayerGradientXActivation(_LayerAttribution):
@@ -313,10 +329,17 @@ class LayerGradientXActivation(_LayerAttribution):
         Returns:
             Array of the layer activation's shape.
         """
-        xs, _, tgt, _ = self._setup(inputs, False, target, attribute_to_layer_input)
-        batch = xs[0].shape[0]
-        chunk = self._chunk(internal_batch_size, batch)
-        act = self._capture(xs, chunk)
-        ones = np.ones((batch, 1), np.float32)
-        (grad,) = self._run((act,), (act,), ones, ones, tgt, chunk, ctx=xs)
-        return act * grad if self.multiplies_by_inputs else grad
+        plan, _ = self._plan(
+            inputs,
+            target=target,
+            internal_batch_size=internal_batch_size,
+            attribute_to_layer_input=attribute_to_layer_input,
+        )
+        return self._execute(plan)[0]
+
+    def _plan(self, inputs, target=None, internal_batch_size=None, attribute_to_layer_input=False):
+        chunk = self._batch_size(internal_batch_size)
+        xs, is_tuple, tgt, _ = self._setup(inputs, False, target, attribute_to_layer_input)
+        act = self._capture(xs, chunk or xs[0].shape[0])
+        mode = _core.MODE_X if self.multiplies_by_inputs else _core.MODE_GRAD
+        return _core.gradient_plan((act,), tgt, (mode,), internal_batch_size=chunk, ctx=xs), is_tuple

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-import tensorflow as tf
 
 from kerastrace._utils import validation as v
 from kerastrace._utils.types import Inputs, Target
@@ -25,37 +24,35 @@ def _stdevs(stdevs, n):
     return tuple(float(s) for s in vals)
 
 
-@tf.function(reduce_retracing=True)
-def _noisy_copies(x, n, start, count, sd, seed):
-    """Samples `start:start+count` of `n` noisy copies of `x`, example-major `(B*count, ...)`."""
-    shape = tf.shape(x)
-    noise = tf.random.stateless_normal(tf.concat([[n], shape], 0), seed=seed, stddev=sd)
-    noise = noise[start : start + count]  # (count, B, ...)
-    perm = tf.concat([[1, 0], tf.range(2, tf.rank(noise))], 0)
-    noise = tf.transpose(noise, perm)  # (B, count, ...)
-    rep = tf.expand_dims(x, 1) + noise
-    return tf.reshape(rep, tf.concat([[shape[0] * count], shape[1:]], 0))
-
-
 class NoiseTunnel(Attribution):
     """Average an attribution method over Gaussian-noised copies of the inputs.
 
     For each example, `nt_samples` noisy copies `x + N(0, stdevs^2)` are
-    explained with the wrapped method (all copies of a batch go through the
-    wrapped method's compiled engine together, `nt_samples_batch_size`
-    samples per example at a time) and combined:
+    explained with the wrapped method and combined:
 
     - `smoothgrad`: mean of the attributions,
     - `smoothgrad_sq`: mean of the squared attributions,
     - `vargrad`: variance of the attributions.
 
-    The noise comes from TensorFlow's counter-based
-    `tf.random.stateless_normal` keyed by `seed`, so the result depends on the
-    seed, not on `nt_samples_batch_size` or `internal_batch_size`.
+    The samples run inside the wrapped method's compiled engine: the noise is
+    drawn there (TensorFlow's counter-based Philox generator keyed by `seed`),
+    the copies go through the model in chunks of `internal_batch_size` rows,
+    and the attributions are summed per example there, so nothing per sample
+    comes back to Python. A sample's noise depends on the seed only, so the
+    result does not change with `nt_samples_batch_size` or
+    `internal_batch_size`. For `Saliency`-like methods the noise is drawn per
+    chunk, so memory grows with the chunk size, not with `nt_samples`.
+
+    Layer methods (`LayerIntegratedGradients`, `LayerGradientXActivation`)
+    can be wrapped too: the noise is then added to the layer's activation
+    (e.g. the token embedding), which is how SmoothGrad explains token-id
+    models whose integer inputs cannot be perturbed.
 
     Args:
         attribution_method: A `GradientAttribution` instance (e.g.
-            `Saliency(model)`, `IntegratedGradients(model)`).
+            `Saliency(model)`, `IntegratedGradients(model)`,
+            `LayerGradientXActivation(model, "embedding")`). `GradientShap`
+            draws its own noise (`stdevs=`) and cannot be wrapped.
 
     Example:
 
@@ -80,6 +77,13 @@ class NoiseTunnel(Attribution):
                 "kerastrace GradientAttribution instance such as Saliency(model). "
                 f"Received: attribution_method={attribution_method!r}"
             )
+        if type(attribution_method)._plan is GradientAttribution._plan:
+            raise TypeError(
+                "Received an invalid value for argument `attribution_method`: "
+                f"{type(attribution_method).__name__} cannot be wrapped by NoiseTunnel (it "
+                "draws its own samples; GradientShap takes `stdevs` itself). Received: "
+                f"attribution_method={attribution_method!r}"
+            )
         self.attribution_method = attribution_method
         super().__init__(attribution_method.model)
         self.multiplies_by_inputs = attribution_method.multiplies_by_inputs
@@ -103,8 +107,9 @@ class NoiseTunnel(Attribution):
             nt_samples: Noisy samples per example.
             nt_samples_batch_size: Samples per example sent to the wrapped
                 method at once (default: all).
-            stdevs: Standard deviation of the noise, one number or one per input.
-            seed: Seed of the noise.
+            stdevs: Standard deviation of the noise, one number or one per input
+                (for layer methods: in the units of the layer's activation).
+            seed: Seed of the noise (a non-negative integer; default: random).
             target: As in the wrapped method.
             **kwargs: Passed to the wrapped method's `attribute` (e.g.
                 `baselines`, `n_steps`, `method`, `abs`, `internal_batch_size`).
@@ -124,36 +129,32 @@ class NoiseTunnel(Attribution):
                 "NoiseTunnel does not return a delta; compute it with "
                 "`kerastrace.attribution.metrics.convergence_delta` if needed."
             )
-        inner = self.attribution_method
-        xs, is_tuple = inner._prepare(inputs)
-        sds = _stdevs(stdevs, len(xs))
-        tgt = inner._target(target, xs)
-        batch = xs[0].shape[0]
-        if "baselines" in kwargs:
-            kwargs["baselines"] = _core.broadcast_baselines(kwargs["baselines"], xs)
-        # Noise for all samples up front from a counter-based generator: fast, and the
-        # result depends on the seed only, not on how the samples are batched.
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31 - 1))
-        sums = [np.zeros(x.shape, np.float64) for x in xs]
-        sqs = [np.zeros(x.shape, np.float64) for x in xs]
+        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not (
+            0 <= seed < 2**63
+        ):
+            raise v.invalid("seed", "None or a non-negative integer", seed)
+        inner = self.attribution_method
+        plan, is_tuple = inner._plan(inputs, target=target, **kwargs)
+        sds = _stdevs(stdevs, len(plan.xs))
+        # The noise is drawn inside the compiled engine from a counter-based
+        # generator keyed by the seed: the result depends on the seed only, not on
+        # how the samples are split into blocks (`nt_samples_batch_size`) or chunks.
+        need_sq = nt_type != "smoothgrad"
+        sums = sqs = None
         for start in range(0, n, per):
-            s = min(per, n - start)
-            noisy = []
-            for j, (x, sd) in enumerate(zip(xs, sds)):
-                if sd > 0:
-                    rep = _noisy_copies(x, n, start, s, np.float32(sd), (int(seed), j)).numpy()
-                else:
-                    rep = np.repeat(x, s, axis=0)
-                noisy.append(rep)
-            kw = dict(kwargs)
-            if "baselines" in kw:
-                kw["baselines"] = tuple(np.repeat(b, s, axis=0) for b in kw["baselines"])
-            attrs = inner._compute(tuple(noisy), tgt.repeat(s), **kw)
-            for j, a in enumerate(attrs):
-                a = np.asarray(a, np.float64).reshape(batch, s, *a.shape[1:])
-                sums[j] += a.sum(axis=1)
-                sqs[j] += (a * a).sum(axis=1)
+            got = inner._execute(
+                plan, noise=(sds, int(seed), start, min(per, n - start)), squares=need_sq
+            )
+            block_sum, block_sq = got if need_sq else (got, got)
+            if sums is None:
+                sums = [np.asarray(a, np.float64) for a in block_sum]
+                sqs = [np.asarray(a, np.float64) for a in block_sq] if need_sq else sums
+            else:
+                sums = [a + b for a, b in zip(sums, block_sum)]
+                if need_sq:
+                    sqs = [a + b for a, b in zip(sqs, block_sq)]
         out = []
         for sm, sq in zip(sums, sqs):
             mean = sm / n

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from kerastrace._utils import validation as v
 from kerastrace._utils.types import Inputs, Target
+from kerastrace.attribution import _core
 from kerastrace.attribution._base import GradientAttribution
-from kerastrace.attribution._core import restore
 
 
 class Saliency(GradientAttribution):
@@ -54,17 +52,16 @@ class Saliency(GradientAttribution):
             TypeError: for integer inputs.
             ValueError: for a missing/out-of-range target or non-finite inputs.
         """
+        plan, is_tuple = self._plan(inputs, target, abs=abs, internal_batch_size=internal_batch_size)
+        return _core.restore(self._execute(plan), is_tuple)
+
+    def _plan(self, inputs, target=None, abs=True, internal_batch_size=None):  # noqa: A002
         v.check_bool("abs", abs)
+        chunk = self._batch_size(internal_batch_size)
         xs, is_tuple = self._prepare(inputs)
         tgt = self._target(target, xs)
-        grads = self._gradients(xs, tgt, internal_batch_size)
-        return restore(self._post(xs, grads, abs=abs), is_tuple)
-
-    def _post(self, xs, grads, abs=True, **_):
-        return tuple(np.abs(g) if abs else g for g in grads)
-
-    def _compute(self, xs, target, abs=True, internal_batch_size=None):  # noqa: A002
-        return self._post(xs, self._gradients(xs, target, internal_batch_size), abs=abs)
+        modes = (_core.MODE_GRAD,) * len(xs)
+        return _core.gradient_plan(xs, tgt, modes, use_abs=abs, internal_batch_size=chunk), is_tuple
 
 
 class InputXGradient(GradientAttribution):
@@ -93,10 +90,12 @@ class InputXGradient(GradientAttribution):
         Returns:
             Numpy array(s) of the input's shape.
         """
+        plan, is_tuple = self._plan(inputs, target, internal_batch_size=internal_batch_size)
+        return _core.restore(self._execute(plan), is_tuple)
+
+    def _plan(self, inputs, target=None, internal_batch_size=None):
+        chunk = self._batch_size(internal_batch_size)
         xs, is_tuple = self._prepare(inputs)
         tgt = self._target(target, xs)
-        return restore(self._compute(xs, tgt, internal_batch_size=internal_batch_size), is_tuple)
-
-    def _compute(self, xs, target, internal_batch_size=None):
-        grads = self._gradients(xs, target, internal_batch_size)
-        return tuple(x * g for x, g in zip(xs, grads))
+        modes = (_core.MODE_X,) * len(xs)
+        return _core.gradient_plan(xs, tgt, modes, internal_batch_size=chunk), is_tuple
