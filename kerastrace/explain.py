@@ -12,8 +12,9 @@ Methods (`method=`):
   embedding with the [PAD]-embedding baseline, summed over the hidden axis
   (has a convergence delta).
 - `"gradient_x_activation"`: `LayerGradientXActivation` on the token embedding.
-- `"smoothgrad"`: gradient x activation averaged over Gaussian noise added
-  to the token embedding (SmoothGrad on the embedding; seeded).
+- `"smoothgrad"`: `NoiseTunnel(LayerGradientXActivation)`: gradient x
+  activation averaged over Gaussian noise added to the token embedding
+  (SmoothGrad on the embedding; seeded).
 - `"attention_x_gradient"`: gradient-weighted attention rollout (Chefer et
   al. 2021), the [CLS] row.
 - `"attention_rollout"`: plain attention rollout (Abnar & Zuidema 2020),
@@ -59,47 +60,6 @@ def find_token_embedding(model):
         "to attribute token scores to. Pass `embedding_layer=` explicitly. Received: "
         f"model={getattr(model, 'name', model)!r}"
     )
-
-
-def _smoothgrad_embedding(model, embedding, ids, target, n_samples, stdev, seed, chunk):
-    """SmoothGrad of gradient x activation on the token embedding.
-
-    The `n_samples` noisy copies of every example are stacked along the batch
-    axis and run in chunks of `chunk` rows; the noise is added to the
-    embedding layer's output through a temporary patch of its `call`.
-    """
-    import tensorflow as tf
-
-    from kerastrace.attribution.layer import patch_call
-
-    rng = np.random.default_rng(seed)
-    base = np.asarray(embedding(ids))  # (B, T, D)
-    scale = stdev * float(np.std(base)) if base.size else stdev
-    b = len(ids)
-    rows_ids = np.repeat(ids, n_samples, axis=0)
-    rows_tgt = np.repeat(target, n_samples).astype("int32")
-    rows_base = np.repeat(base, n_samples, axis=0)
-    noise = rng.normal(0.0, scale, size=rows_base.shape).astype("float32")
-    holder = {}
-
-    def noisy(original, inputs, *args, **kwargs):
-        return original(inputs, *args, **kwargs) + holder["noise"]
-
-    out = np.zeros(rows_base.shape, dtype="float32")
-    with patch_call(embedding, noisy):
-        for start in range(0, len(rows_ids), chunk):
-            sl = slice(start, start + chunk)
-            nz = tf.constant(noise[sl])
-            with tf.GradientTape() as tape:
-                tape.watch(nz)
-                holder["noise"] = nz
-                logits = model(tf.constant(rows_ids[sl]), training=False)
-                score = tf.reduce_sum(
-                    tf.gather(logits, tf.constant(rows_tgt[sl]), axis=1, batch_dims=1)
-                )
-            out[sl] = tape.gradient(score, nz).numpy()
-    attr = (out * (rows_base + noise)).reshape(b, n_samples, *base.shape[1:]).mean(axis=1)
-    return attr.sum(-1).astype("float32")
 
 
 def token_attributions(
@@ -178,9 +138,13 @@ def token_attributions(
         else:
             v.check_positive_int("nt_samples", nt_samples)
             v.check_non_negative_float("stdev", stdev)
-            scores = _smoothgrad_embedding(
-                model, emb, ids, targets, nt_samples, stdev, seed, internal_batch_size or 512
+            # Noise relative to the spread of the embeddings being explained.
+            scale = stdev * float(np.std(np.asarray(emb(ids)))) if ids.size else stdev
+            attr = attribution.NoiseTunnel(attribution.LayerGradientXActivation(model, emb)).attribute(
+                ids, nt_samples=nt_samples, stdevs=scale, seed=seed, target=targets,
+                internal_batch_size=internal_batch_size or 512,
             )
+            scores = attribution.token_scores(attr)
     elif method == "attention_x_gradient":
         scores = attribution.GradientWeightedRollout(model).attribute(
             ids, target=targets, query_index=0, internal_batch_size=internal_batch_size
