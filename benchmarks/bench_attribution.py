@@ -58,12 +58,20 @@ def example(n=1, seed=0):
     return np.random.default_rng(seed).uniform(0, 1, size=(n, *SHAPE)).astype("float32")
 
 
-def floor_fn(model):
-    """One compiled forward + input-gradient pass (the same tf.function style)."""
+def floor_fn(model, noise=False):
+    """One compiled forward + input-gradient pass (the same tf.function style).
+
+    With `noise=True`, the pass also draws Gaussian noise of the input's size
+    in the same function and adds it first: SmoothGrad cannot cost less than
+    that, because the plain floor does not draw the 50 x 3072 normal numbers
+    that SmoothGrad needs.
+    """
     import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec((None, *SHAPE)), tf.TensorSpec((None,), tf.int32)])
     def grad(x, target):
+        if noise:
+            x = x + tf.random.stateless_normal(tf.shape(x), seed=(0, 0), stddev=0.1)
         with tf.GradientTape() as tape:
             tape.watch(x)
             out = model(x, training=False)
@@ -73,18 +81,34 @@ def floor_fn(model):
     return grad
 
 
-def measure(cases, repeats):
-    """Median seconds per case; cases run interleaved, after one warm-up each."""
+def measure(cases, repeats, seed=0):
+    """Median seconds per case; cases run interleaved, after two warm-up calls each.
+
+    Every round runs each case once, in a shuffled order, so slow phases of a
+    shared machine hit all cases alike.
+    """
+    import random
+
+    order = list(cases)
     for fn in cases.values():
         fn()
         fn()
     times = {k: [] for k in cases}
+    rnd = random.Random(seed)
     for _ in range(repeats):
-        for k, fn in cases.items():
+        rnd.shuffle(order)
+        for k in order:
             t0 = time.perf_counter()
-            fn()
+            cases[k]()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def median_ratios(times, base):
+    """Median over rounds of time(case) / time(base) in the same round."""
+    return {
+        k: statistics.median(t / b for t, b in zip(v, times[base])) for k, v in times.items()
+    }
 
 
 # --------------------------------------------------------------- section 1
@@ -98,10 +122,12 @@ def bench_floor(repeats):
     x50 = np.repeat(x1, 50, axis=0)
     t50 = np.full(50, 3, np.int32)
     grad = floor_fn(model)
+    noisy_grad = floor_fn(model, noise=True)
     ig = IntegratedGradients(model)
     sg = NoiseTunnel(Saliency(model))
     cases = {
         "floor: grad pass on batch 50": lambda: grad(x50, t50).numpy(),
+        "floor + drawing SmoothGrad's noise": lambda: noisy_grad(x50, t50).numpy(),
         "IG 50 steps, 1 chunk": lambda: ig.attribute(x1, target=3, n_steps=50),
         "IG 50 steps, chunks of 10": lambda: ig.attribute(
             x1, target=3, n_steps=50, internal_batch_size=10
@@ -113,14 +139,15 @@ def bench_floor(repeats):
             x1, target=3, nt_samples=50, stdevs=0.1, seed=0, internal_batch_size=10
         ),
     }
-    med = measure(cases, repeats)
-    base = med["floor: grad pass on batch 50"]
+    times = measure(cases, repeats)
+    ratios = median_ratios(times, "floor: grad pass on batch 50")
     targets = {"1 chunk": 1.0, "chunks of 10": 1.3}
-    print(f"\n== 1. cost vs the floor (median of {repeats}, interleaved) ==")
-    print(f"{'case':40s} {'x floor':>8s}  target")
-    for k, t in med.items():
+    print(f"\n== 1. cost vs the floor (median over {repeats} shuffled rounds of the ratio "
+          "to the floor's time in the same round) ==")
+    print(f"{'case':40s} {'ms':>7s} {'x floor':>8s}  target")
+    for k, r in ratios.items():
         tgt = next((f"<= {v}x" for s, v in targets.items() if k.endswith(s)), "")
-        print(f"{k:40s} {t / base:8.2f}  {tgt}")
+        print(f"{k:40s} {statistics.median(times[k]) * 1e3:7.2f} {r:8.3f}  {tgt}")
     print(f"(engine traces: IG {ig.engine.trace_count}, SmoothGrad "
           f"{sg.attribution_method.engine.trace_count})")
 
@@ -193,13 +220,13 @@ def peers_child(repeats):
 
         alibi = AlibiIG(model, method="gausslegendre", n_steps=50, internal_batch_size=50)
         ours = IntegratedGradients(model)
-        med = measure(
+        med = median_ratios(measure(
             {
                 "ours": lambda: ours.attribute(x, target=target, n_steps=50),
                 "peer": lambda: alibi.explain(x, target=np.array([target])),
             },
             repeats,
-        )
+        ), "ours")
         a_ours = ours.attribute(x, target=target, n_steps=50)
         a_peer = alibi.explain(x, target=np.array([target])).attributions[0]
         rows.append(("alibi IntegratedGradients (GL, 50 steps)", med, rel(a_ours, a_peer), ""))
@@ -217,7 +244,7 @@ def peers_child(repeats):
             return (tf.convert_to_tensor(x) * grads).numpy()
 
         ours = IntegratedGradients(model)
-        med = measure(
+        med = median_ratios(measure(
             {
                 "ours": lambda: ours.attribute(
                     x, target=target, n_steps=50, method="riemann_trapezoid"
@@ -225,7 +252,7 @@ def peers_child(repeats):
                 "peer": tfe,
             },
             repeats,
-        )
+        ), "ours")
         # tf-explain averages 50 equally weighted linspace points; the trapezoid rule
         # uses the same points with half weight at the ends, so expect ~1/50 difference.
         diff = rel(ours.attribute(x, target=target, n_steps=50, method="riemann_trapezoid"), tfe())
@@ -241,19 +268,19 @@ def peers_child(repeats):
         vis = VisSaliency(model, clone=False)
         score = CategoricalScore([target])
         ours = Saliency(model)
-        med = measure(
+        med = median_ratios(measure(
             {
                 "ours": lambda: ours.attribute(x, target=target),
                 "peer": lambda: vis(score, x, keepdims=True, normalize_map=False),
             },
             repeats,
-        )
+        ), "ours")
         diff = rel(ours.attribute(x, target=target), vis(score, x, keepdims=True,
                                                          normalize_map=False))
         rows.append(("tf-keras-vis Saliency", med, diff, ""))
         sigma = 0.2 * float(x.max() - x.min())  # tf-keras-vis' smooth_noise convention
         nt = NoiseTunnel(Saliency(model))
-        med = measure(
+        med = median_ratios(measure(
             {
                 "ours": lambda: nt.attribute(x, target=target, nt_samples=50, stdevs=sigma,
                                              seed=0),
@@ -261,7 +288,7 @@ def peers_child(repeats):
                                     keepdims=True, normalize_map=False),
             },
             max(3, repeats // 2),
-        )
+        ), "ours")
         a_ours = nt.attribute(x, target=target, nt_samples=400, stdevs=sigma, seed=0)
         a_peer = vis(score, x, smooth_samples=400, smooth_noise=0.2, keepdims=True,
                      normalize_map=False)
@@ -276,7 +303,7 @@ def peers_child(repeats):
         if med is None:
             print(f"peer {name}: not available ({note[:300]})")
             continue
-        speed = med["peer"] / med["ours"]
+        speed = med["peer"]  # median of per-round peer/kerastrace ratios
         d = f"max rel diff {diff:.2e}" if diff is not None else ""
         print(f"{name:42s} peer/kerastrace time {speed:6.2f}x  {d} {note}".rstrip())
 
@@ -309,7 +336,7 @@ def main(argv=None):
     p.add_argument("--_mem-child", nargs=2, type=int, help=argparse.SUPPRESS)
     p.add_argument("--_peers-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    repeats = args.repeats or (5 if args.quick else 20)
+    repeats = args.repeats or (5 if args.quick else 40)
     if args._mem_child:
         mem_child(*args._mem_child)
         return
