@@ -90,6 +90,16 @@ class GradientAttribution(Attribution):
             return None
         return v.check_positive_int("internal_batch_size", internal_batch_size)
 
+    def _check_delta_request(self, return_convergence_delta):
+        """Validate `return_convergence_delta` (the delta needs `multiply_by_inputs=True`)."""
+        v.check_bool("return_convergence_delta", return_convergence_delta)
+        if return_convergence_delta and not self.multiplies_by_inputs:
+            raise ValueError(
+                "Received an invalid value for argument `return_convergence_delta`: the "
+                "delta needs `multiply_by_inputs=True`. Received: "
+                "return_convergence_delta=True"
+            )
+
     def _execute(self, plan, noise=None, squares=False):
         return self.engine.run(plan, noise=noise, squares=squares, eager=self.run_eagerly)
 

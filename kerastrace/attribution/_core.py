@@ -26,8 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 F32 = tf.float32
-#: Chunks the while loop may run concurrently: overlapping two small chunks uses
-#: the CPU better; peak memory stays bounded by this many chunks.
+#: Chunks the while loop may run concurrently: overlapping small chunks keeps
+#: both cores busy; peak memory stays bounded by this many chunks.
 PARALLEL_CHUNKS = 4
 
 
@@ -497,6 +497,10 @@ class GradientEngine:
                 attr = tf.switch_case(tf.minimum(modes[j], len(branches) - 1), branches)
                 return tf.cond(use_abs, lambda: tf.abs(attr), lambda: attr)
 
+            def repeat_samples(t):
+                """`(B, ...)` -> `(S * B, ...)`, without a copy when S == 1."""
+                return tf.cond(samples > 1, lambda: _tile(t, samples), lambda: t)
+
             def segments(j, x):
                 """The (noisy) input of every segment, `(G, ...)`."""
                 flat_shape = tf.concat([[g_count], tf.shape(x)[1:]], 0)
@@ -506,10 +510,7 @@ class GradientEngine:
                     lead = tf.concat([[samples], tf.shape(x)], 0)
                     return tf.reshape(tf.expand_dims(x, 0) + tf.reshape(noise, lead), flat_shape)
 
-                def repeated():
-                    return tf.cond(samples > 1, lambda: _tile(x, samples), lambda: x)
-
-                return tf.cond(sds[j] > 0, noisy, repeated)
+                return tf.cond(sds[j] > 0, noisy, lambda: repeat_samples(x))
 
             def finish(attrs):
                 """Sums (and sums of squares) over the samples: `(B, ...)` per input."""
@@ -536,10 +537,7 @@ class GradientEngine:
                 b = example_of(tf.range(rows_total))
                 if path:
                     a = tf.tile(tf.reshape(alphas, [batch, m_count]), [samples, 1])  # (G, M)
-                    bases_g = [
-                        tf.cond(samples > 1, lambda bs=bs: _tile(bs, samples), lambda bs=bs: bs)
-                        for bs in bases_t
-                    ]
+                    bases_g = [repeat_samples(bs) for bs in bases_t]
                     points = [_path_points(xn, bg, a) for xn, bg in zip(noisy, bases_g)]
                     w = tf.tile(tf.reshape(weights, [-1]), [samples])
                 else:
@@ -602,10 +600,7 @@ class GradientEngine:
                 # the points exist for one chunk at a time; the weighted gradients are
                 # added up per segment.
                 noisy = [segments(j, x) for j, x in enumerate(xs_t)]
-                bases_g = [
-                    tf.cond(samples > 1, lambda bs=bs: _tile(bs, samples), lambda bs=bs: bs)
-                    for bs in bases_t
-                ]
+                bases_g = [repeat_samples(bs) for bs in bases_t]
                 flat_a = tf.reshape(alphas, [-1])
                 flat_w = tf.reshape(weights, [-1])
                 n_chunks = (rows_total + chunk - 1) // chunk

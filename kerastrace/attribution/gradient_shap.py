@@ -85,7 +85,7 @@ class GradientShap(GradientAttribution):
                 inputs', and the errors of `IntegratedGradients`.
         """
         n = v.check_positive_int("n_samples", n_samples)
-        v.check_bool("return_convergence_delta", return_convergence_delta)
+        self._check_delta_request(return_convergence_delta)
         chunk = self._batch_size(internal_batch_size)
         xs, is_tuple = self._prepare(inputs)
         sds = _stdevs(stdevs, len(xs))
@@ -130,11 +130,6 @@ class GradientShap(GradientAttribution):
         out = _core.restore(attrs, is_tuple)
         if not return_convergence_delta:
             return out
-        if not self.multiplies_by_inputs:
-            raise ValueError(
-                "Received an invalid value for argument `return_convergence_delta`: the "
-                "delta needs `multiply_by_inputs=True`."
-            )
         diff = self._scores(tuple(noisy), rep_t).astype(np.float64) - self._scores(bases, rep_t)
         total = sum(a.reshape(batch, -1).sum(axis=1).astype(np.float64) for a in attrs)
         delta = total - diff.reshape(batch, n).mean(axis=1)

@@ -142,13 +142,7 @@ class IntegratedGradients(GradientAttribution):
             ValueError: for invalid targets, baselines, `n_steps` or `method`,
                 non-finite inputs, or an input the output does not depend on.
         """
-        v.check_bool("return_convergence_delta", return_convergence_delta)
-        if return_convergence_delta and not self.multiplies_by_inputs:
-            raise ValueError(
-                "Received an invalid value for argument `return_convergence_delta`: the "
-                "delta needs `multiply_by_inputs=True`. Received: "
-                "return_convergence_delta=True"
-            )
+        self._check_delta_request(return_convergence_delta)
         plan, is_tuple = self._plan(
             inputs,
             baselines=baselines,

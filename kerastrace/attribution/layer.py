@@ -239,12 +239,7 @@ class LayerIntegratedGradients(_LayerAttribution):
         Raises:
             ValueError: for invalid arguments, or if the layer is not used.
         """
-        v.check_bool("return_convergence_delta", return_convergence_delta)
-        if return_convergence_delta and not self.multiplies_by_inputs:
-            raise ValueError(
-                "Received an invalid value for argument `return_convergence_delta`: the "
-                "delta needs `multiply_by_inputs=True`."
-            )
+        self._check_delta_request(return_convergence_delta)
         plan, _ = self._plan(
             inputs,
             baselines=baselines,

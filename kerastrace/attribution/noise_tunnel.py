@@ -142,19 +142,15 @@ class NoiseTunnel(Attribution):
         # generator keyed by the seed: the result depends on the seed only, not on
         # how the samples are split into blocks (`nt_samples_batch_size`) or chunks.
         need_sq = nt_type != "smoothgrad"
-        sums = sqs = None
+        totals = None  # float64 sums (then sums of squares) over the sample blocks
         for start in range(0, n, per):
             got = inner._execute(
                 plan, noise=(sds, int(seed), start, min(per, n - start)), squares=need_sq
             )
-            block_sum, block_sq = got if need_sq else (got, got)
-            if sums is None:
-                sums = [np.asarray(a, np.float64) for a in block_sum]
-                sqs = [np.asarray(a, np.float64) for a in block_sq] if need_sq else sums
-            else:
-                sums = [a + b for a, b in zip(sums, block_sum)]
-                if need_sq:
-                    sqs = [a + b for a, b in zip(sqs, block_sq)]
+            parts = [np.asarray(a, np.float64) for a in (got[0] + got[1] if need_sq else got)]
+            totals = parts if totals is None else [t + p for t, p in zip(totals, parts)]
+        k = len(plan.xs)
+        sums, sqs = totals[:k], (totals[k:] if need_sq else totals[:k])
         out = []
         for sm, sq in zip(sums, sqs):
             mean = sm / n
