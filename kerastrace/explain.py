@@ -16,9 +16,11 @@ Methods (`method=`):
   activation averaged over Gaussian noise added to the token embedding
   (SmoothGrad on the embedding; seeded).
 - `"attention_x_gradient"`: gradient-weighted attention rollout (Chefer et
-  al. 2021), the [CLS] row.
+  al. 2021), the row of the position the model reads (`query="auto"`: the
+  first real token of [CLS] models, the last of causal models, the mean of
+  mean-pooled ones).
 - `"attention_rollout"`: plain attention rollout (Abnar & Zuidema 2020),
-  the [CLS] row.
+  the same row.
 - `"occlusion"`: drop in the target score when one token is replaced by [PAD].
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import numpy as np
 
@@ -44,22 +47,152 @@ METHODS = (
 def find_token_embedding(model):
     """The token `keras.layers.Embedding` of a token-id model.
 
-    Looks through nested layers (e.g. `TokenAndPositionEmbedding.token_embedding`)
-    and returns the first `keras.layers.Embedding` found.
+    The Embedding whose input is the model's token ids (see
+    `kerastrace._utils.instrument.find_token_embedding`): inside
+    `TokenAndPositionEmbedding`, keras-hub backbones (`ReversibleEmbedding`,
+    also when tied to the output head) and plain models; never a position
+    or segment embedding.
 
     Raises:
-        ValueError: if the model has no `Embedding` layer.
+        ValueError: if the model has no Embedding applied to its inputs.
     """
-    from kerastrace._utils.models import find_token_embedding as _find
+    from kerastrace._utils import instrument
 
-    layer = _find(model)
+    layer = instrument.find_token_embedding(model)
     if layer is not None:
         return layer
     raise ValueError(
         "Received an invalid value for argument `model`: it has no keras.layers.Embedding "
-        "to attribute token scores to. Pass `embedding_layer=` explicitly. Received: "
-        f"model={getattr(model, 'name', model)!r}"
+        "applied to integer token ids from its inputs, so there is no token embedding to "
+        "attribute to (a vision model, or a model that embeds outside Keras layers). Pass "
+        f"`embedding_layer=` explicitly. Received: model={getattr(model, 'name', model)!r}"
     )
+
+
+def _cache(model) -> dict:
+    """Attribution objects reused across calls (their compiled functions too).
+
+    Kept on the model object itself, so they live and die with it (a global
+    cache keyed by the model would keep the model alive).
+    """
+    cache = getattr(model, "_kerastrace_explain_cache", None)
+    if cache is None:
+        cache = {}
+        object.__setattr__(model, "_kerastrace_explain_cache", cache)
+    return cache
+
+
+def _method_object(model, key, build):
+    cache = _cache(model)
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+def model_inputs(model, ids, mask=None, segment_ids=None):
+    """What `model` is called on for token ids `ids`: the ids, or a keras-hub dict.
+
+    keras-hub text models take `{"token_ids", "padding_mask"[, "segment_ids"]}`;
+    the dict gets exactly the entries the model declares, in their dtypes.
+
+    Args:
+        model: A Keras model.
+        ids: `(B, T)` int token ids.
+        mask: `(B, T)` bool, True on real tokens (default: all real).
+        segment_ids: Optional `(B, T)` segment ids (default zeros).
+    """
+    from kerastrace._utils import instrument
+
+    specs = instrument.input_specs(model)
+    if not isinstance(specs, dict):
+        return ids
+    ids = np.asarray(ids)
+    mask = np.ones(ids.shape, bool) if mask is None else np.asarray(mask, bool)
+    out = {}
+    for key, spec in specs.items():
+        dtype = spec.dtype.as_numpy_dtype
+        if key == "token_ids":
+            out[key] = ids.astype(dtype)
+        elif key == "padding_mask":
+            out[key] = mask.astype(dtype)
+        elif key == "segment_ids":
+            seg = np.zeros(ids.shape) if segment_ids is None else np.asarray(segment_ids)
+            out[key] = seg.astype(dtype)
+        else:
+            raise ValueError(
+                "Received an invalid value for argument `model`: it takes a dict with an "
+                f"entry {key!r} that kerastrace cannot fill from token ids (it fills "
+                "'token_ids', 'padding_mask' and 'segment_ids'). Received: model inputs "
+                f"{list(specs)}"
+            )
+    if "token_ids" not in out:
+        raise ValueError(
+            "Received an invalid value for argument `model`: it takes a dict without a "
+            f"'token_ids' entry. Received: model inputs {list(specs)}"
+        )
+    return out
+
+
+def output_kind(model, outputs=None) -> str:
+    """`"probabilities"` when the model ends in a softmax/sigmoid, else `"logits"`.
+
+    Looks at the last layer's activation (a `Dense(..., activation="softmax")`,
+    an `Activation`/`Softmax` layer); failing that, at `outputs` when given:
+    rows in `[0, 1]` that sum to 1 are probabilities.
+    """
+    import keras
+
+    layers = getattr(model, "layers", None) or []
+    last = layers[-1] if layers else None
+    act = getattr(last, "activation", None)
+    name = getattr(act, "__name__", str(act) if act is not None else "")
+    if isinstance(last, keras.layers.Softmax) or name in ("softmax", "sigmoid"):
+        return "probabilities"
+    if outputs is not None:
+        out = np.asarray(outputs, np.float64)
+        if out.ndim == 2 and out.shape[1] > 1 and out.min() >= 0 and out.max() <= 1:
+            if np.allclose(out.sum(-1), 1.0, atol=1e-4):
+                return "probabilities"
+    return "logits"
+
+
+def to_probabilities(outputs, kind: str) -> np.ndarray:
+    """Class probabilities from model outputs of `kind` (`"logits"` or `"probabilities"`)."""
+    out = np.asarray(outputs, np.float64)
+    if kind == "probabilities":
+        return out
+    if out.shape[-1] == 1:  # one logit: sigmoid
+        return 1.0 / (1.0 + np.exp(-out))
+    e = np.exp(out - out.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _check_delta(delta, f_diff, method_name):
+    """Warn when Integrated Gradients' completeness gap is large for its output change."""
+    if delta is None or f_diff is None:
+        return
+    d = np.abs(np.asarray(delta, np.float64))
+    scale = np.maximum(np.abs(np.asarray(f_diff, np.float64)), 1e-3)
+    bad = np.flatnonzero(d > 0.1 * scale)
+    if bad.size:
+        i = int(bad[0])
+        warnings.warn(
+            f"{method_name}: the convergence delta of {bad.size} example(s) is large for "
+            f"the change of the explained output (example {i}: delta {d[i]:.3g} vs "
+            f"|f(x) - f(baseline)| = {abs(float(np.asarray(f_diff)[i])):.3g}); the scores do "
+            "not add up to the prediction. Use more steps (`n_steps`), or another rule "
+            "(method='riemann_trapezoid').",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _keep_mask(ids, mask, special_ids):
+    """Positions the IG baseline keeps: padding and special tokens ([CLS], [SEP])."""
+    keep = ~np.asarray(mask, bool)
+    if special_ids:
+        keep |= np.isin(ids, np.asarray(list(special_ids)))
+    return keep
 
 
 def token_attributions(
@@ -76,11 +209,19 @@ def token_attributions(
     nt_samples: int = 16,
     stdev: float = 0.15,
     seed: int = 0,
+    special_ids=None,
+    query="auto",
+    stack: str | None = None,
+    segment_ids=None,
 ):
     """Per-token scores `(B, T)` of a token-id classifier for one method.
 
+    The model takes `(B, T)` token ids or, for keras-hub models, a dict
+    `{"token_ids", "padding_mask"[, "segment_ids"]}` that is built from
+    `ids` and `mask` (see `model_inputs`).
+
     Args:
-        model: A Keras model from `(B, T)` int token ids to `(B, C)` outputs.
+        model: A Keras model from token ids to `(B, C)` outputs.
         ids: `(B, T)` int token ids.
         method: One of `METHODS`.
         target: Class index (int or one per example); default: the predicted class.
@@ -90,11 +231,22 @@ def token_attributions(
         embedding_layer: The token embedding layer (default: found in the model).
         internal_batch_size: Rows per model call for the batched methods.
         baselines: Baseline token ids for `integrated_gradients`, broadcast to
-            `ids` (default: `pad_id` everywhere).
+            `ids`. Default: the word tokens replaced by `pad_id`, padding and
+            the special tokens in `special_ids` kept, as Captum's BERT
+            tutorials do (an all-pad baseline hands `[CLS]` most of the score).
         nt_samples: Noise samples for `smoothgrad`.
         stdev: Noise standard deviation for `smoothgrad`, relative to the
             embeddings' standard deviation.
         seed: Seed for `smoothgrad`.
+        special_ids: Ids of special tokens (`[CLS]`, `[SEP]`) kept in the
+            default baseline.
+        query: For the rollout methods, the position whose row is read (see
+            `kerastrace.attention.query_scores`): `"auto"` (default) reads
+            the last real token of causal models, the mean of mean-pooled
+            models and otherwise the first real token ([CLS]).
+        stack: For encoder-decoder models, the attention stack of the
+            rollout methods.
+        segment_ids: Segment ids for keras-hub models that take them.
 
     Returns:
         `(scores, targets, delta)`: `(B, T)` float32 scores (0 at masked
@@ -105,6 +257,8 @@ def token_attributions(
         ValueError: for an unknown method or ids that are not `(B, T)`.
     """
     from kerastrace import attention, attribution
+    from kerastrace._utils import instrument
+    from kerastrace.attention._analysis import resolve_query
 
     v.check_one_of("method", method, METHODS)
     ids = np.asarray(ids)
@@ -115,48 +269,75 @@ def token_attributions(
         )
     ids = ids.astype("int32")
     mask = ids != pad_id if mask is None else np.asarray(mask, bool)
+    inputs = model_inputs(model, ids, mask, segment_ids)
     if target is None:  # the predicted class: one forward pass
-        logits = np.asarray(model.predict(ids, verbose=0, batch_size=256))
-        targets = logits.argmax(-1).astype("int32")
+        logits = np.asarray(model.predict(inputs, verbose=0, batch_size=256))
+        targets = logits.reshape(len(ids), -1).argmax(-1).astype("int32")
     else:
         targets = np.broadcast_to(np.asarray(target, dtype="int32"), (len(ids),)).copy()
     delta = None
     if method in ("integrated_gradients", "gradient_x_activation", "smoothgrad"):
         emb = embedding_layer or find_token_embedding(model)
         if method == "integrated_gradients":
-            attr, delta = attribution.LayerIntegratedGradients(model, emb).attribute(
-                ids, baselines=pad_id if baselines is None else baselines,
-                target=targets, n_steps=n_steps,
+            lig = _method_object(
+                model, ("lig", id(emb)), lambda: attribution.LayerIntegratedGradients(model, emb)
+            )
+            if baselines is None:
+                base_ids = np.where(_keep_mask(ids, mask, special_ids), ids, pad_id)
+            else:
+                base_ids = np.broadcast_to(np.asarray(baselines), ids.shape).astype("int32")
+            base = model_inputs(model, base_ids, mask, segment_ids)
+            base = {"token_ids": base["token_ids"]} if isinstance(base, dict) else base
+            attr, delta = lig.attribute(
+                inputs, baselines=base, target=targets, n_steps=n_steps,
                 internal_batch_size=internal_batch_size, return_convergence_delta=True,
             )
             scores = attribution.token_scores(attr)
+            _check_delta(delta, scores.sum(-1) - delta, "integrated_gradients")
         elif method == "gradient_x_activation":
-            attr = attribution.LayerGradientXActivation(model, emb).attribute(
-                ids, target=targets, internal_batch_size=internal_batch_size
+            gxa = _method_object(
+                model, ("gxa", id(emb)), lambda: attribution.LayerGradientXActivation(model, emb)
             )
+            attr = gxa.attribute(inputs, target=targets, internal_batch_size=internal_batch_size)
             scores = attribution.token_scores(attr)
         else:
             v.check_positive_int("nt_samples", nt_samples)
             v.check_non_negative_float("stdev", stdev)
+            nt = _method_object(
+                model, ("nt", id(emb)),
+                lambda: attribution.NoiseTunnel(attribution.LayerGradientXActivation(model, emb)),
+            )
             # Noise relative to the spread of the embeddings being explained.
-            scale = stdev * float(np.std(np.asarray(emb(ids)))) if ids.size else stdev
-            attr = attribution.NoiseTunnel(attribution.LayerGradientXActivation(model, emb)).attribute(
-                ids, nt_samples=nt_samples, stdevs=scale, seed=seed, target=targets,
+            table = np.asarray(emb.embeddings.numpy() if hasattr(emb, "embeddings") else 1.0)
+            spread = float(np.std(table[ids])) if table.ndim == 2 and ids.size else 1.0
+            attr = nt.attribute(
+                inputs, nt_samples=nt_samples, stdevs=stdev * spread, seed=seed, target=targets,
                 internal_batch_size=internal_batch_size or 512,
             )
             scores = attribution.token_scores(attr)
     elif method == "attention_x_gradient":
-        scores = attribution.GradientWeightedRollout(model).attribute(
-            ids, target=targets, query_index=0, internal_batch_size=internal_batch_size
+        gwr = _method_object(
+            model, ("gwr",), lambda: attribution.GradientWeightedRollout(model)
         )
-    elif method == "attention_rollout":
-        weights = attention.collect(model, ids)
-        scores = attention.attention_rollout(weights, mask=mask)[:, 0, :]
-    else:  # occlusion
-        scores = attribution.Occlusion(model).attribute(
-            ids, sliding_window_shapes=(1,), baselines=pad_id, target=targets,
+        scores = gwr.attribute(
+            inputs, target=targets, query=query, mask=mask, stack=stack,
             internal_batch_size=internal_batch_size,
         )
+    elif method == "attention_rollout":
+        weights = attention.collect(model, inputs)
+        if stack is not None:
+            weights = weights.stack(stack)
+        matrix = attention.attention_rollout(weights, mask=mask)
+        q = resolve_query(query, weights.is_causal(), instrument.has_mean_pooling(model))
+        scores = attention.query_scores(matrix, q, mask=mask)
+    else:  # occlusion
+        occ = _method_object(model, ("occlusion",), lambda: attribution.Occlusion(model))
+        occluded = {"token_ids": pad_id} if isinstance(inputs, dict) else pad_id
+        scores = occ.attribute(
+            inputs, sliding_window_shapes=(1,), baselines=occluded, target=targets,
+            internal_batch_size=internal_batch_size,
+        )
+        scores = scores["token_ids"] if isinstance(scores, dict) else scores
     scores = np.where(mask, np.asarray(scores, dtype="float32"), 0.0).astype("float32")
     return scores, targets, delta
 
@@ -169,13 +350,17 @@ class TextExplanation:
         text: The original string.
         method: The attribution method.
         target: The explained class.
-        probabilities: Softmax of the model's outputs for this string.
+        probabilities: Class probabilities for this string (the model's own
+            outputs when it ends in a softmax/sigmoid, else a softmax of its
+            logits).
         tokens: Token strings (padding included).
         token_scores: `(T,)` float32 score per token (0 for padding).
-        mask: `(T,)` bool, True for real tokens.
+        mask: `(T,)` bool, True for real tokens (special tokens included).
         words: `[(word, (start, end), score), ...]`: scores summed per word of
             `text`, with character spans into it.
         delta: Convergence delta (Integrated Gradients only).
+        special: `(T,)` bool, True for `[CLS]`, `[SEP]` and padding: tokens
+            that do not come from the text and are left out of rankings.
     """
 
     text: str
@@ -187,6 +372,21 @@ class TextExplanation:
     mask: np.ndarray
     words: list
     delta: float | None = None
+    special: np.ndarray | None = None
+
+    def top_tokens(self, k: int = 5, include_special: bool = False) -> list:
+        """The `k` tokens with the largest |score|, as `(position, token, score)`.
+
+        Special tokens (`[CLS]`, `[SEP]`, padding) are left out unless
+        `include_special=True`.
+        """
+        k = v.check_positive_int("k", k)
+        keep = np.asarray(self.mask, bool).copy()
+        if not include_special and self.special is not None:
+            keep &= ~np.asarray(self.special, bool)
+        pos = np.flatnonzero(keep)
+        order = pos[np.argsort(-np.abs(self.token_scores[pos]), kind="stable")][:k]
+        return [(int(i), self.tokens[i], float(self.token_scores[i])) for i in order]
 
     def to_dict(self) -> dict:
         return {
@@ -196,6 +396,10 @@ class TextExplanation:
             "probabilities": [float(p) for p in self.probabilities],
             "tokens": [t for t, m in zip(self.tokens, self.mask) if m],
             "token_scores": [float(s) for s, m in zip(self.token_scores, self.mask) if m],
+            "special": (
+                None if self.special is None
+                else [bool(x) for x, m in zip(self.special, self.mask) if m]
+            ),
             "words": [
                 {"word": w, "start": int(s), "end": int(e), "score": float(sc)}
                 for w, (s, e), sc in self.words
@@ -216,10 +420,28 @@ class TextExplanation:
         """Coloured tokens as a matplotlib figure; returns `(fig, ax)`."""
         from kerastrace.visualization import plot_token_attributions
 
-        return plot_token_attributions(
-            self.token_scores, self.tokens, ax=ax, mask=self.mask,
-            title=f"{self.method} (class {self.target}, p={self.probabilities[self.target]:.2f})",
+        p = self.probabilities[self.target] if self.target < len(self.probabilities) else None
+        title = f"{self.method} (class {self.target}" + (
+            f", p={p:.2f})" if p is not None else ")"
         )
+        return plot_token_attributions(
+            self.token_scores, self.tokens, ax=ax, mask=self.mask, title=title
+        )
+
+
+def _model_length(model):
+    """The fixed token length the model takes, or None when any length works."""
+    from kerastrace._utils import instrument
+
+    specs = instrument.input_specs(model)
+    if isinstance(specs, dict):
+        specs = specs.get("token_ids")
+    elif isinstance(specs, (list, tuple)):
+        specs = specs[0] if specs else None
+    shape = getattr(specs, "shape", None)
+    if shape is None or len(shape) < 2:
+        return None
+    return shape[1]
 
 
 def explain_text(
@@ -229,26 +451,35 @@ def explain_text(
     method: str = "integrated_gradients",
     target=None,
     n_steps: int = 32,
+    outputs: str = "auto",
     **kwargs,
 ) -> list[TextExplanation]:
     """Tokenize `texts`, score every token with `method`, map scores to words.
 
+    Works with token-id models (`(B, T)` ids in) and keras-hub text models
+    (dict inputs `{"token_ids", "padding_mask", ...}`).
+
     Args:
-        model: A token-id classifier `(B, T) -> (B, C)` whose `T` equals
-            `tokenizer.sequence_length`.
+        model: A token-id classifier `(B, T) -> (B, C)`; a fixed `T` must
+            equal `tokenizer.sequence_length`.
         tokenizer: A `kerastrace.text.Tokenizer`.
         texts: One string or a list of strings.
         method: One of `METHODS`.
         target: Class to explain (default: the predicted class).
         n_steps: Path points for Integrated Gradients.
-        **kwargs: Passed to `token_attributions`.
+        outputs: `"auto"` (default: detect a final softmax/sigmoid),
+            `"logits"` or `"probabilities"`: how to turn the model's outputs
+            into the reported probabilities (probabilities are never
+            re-softmaxed).
+        **kwargs: Passed to `token_attributions` (e.g. `query`, `stack`,
+            `internal_batch_size`).
 
     Returns:
         One `TextExplanation` per string.
 
     Raises:
-        ValueError: if the tokenizer's length does not fit the model, or for
-            invalid arguments.
+        ValueError: if the tokenizer's length does not fit the model, a text
+            has no tokens, or for invalid arguments.
 
     Example:
 
@@ -265,9 +496,10 @@ def explain_text(
     """
     from kerastrace.text import aggregate_to_words
 
+    v.check_one_of("outputs", outputs, ("auto", "logits", "probabilities"))
     if isinstance(texts, str):
         texts = [texts]
-    length = model.input_shape[1] if isinstance(model.input_shape, tuple) else None
+    length = _model_length(model)
     if length is not None and length != tokenizer.sequence_length:
         raise ValueError(
             "Received an invalid value for argument `tokenizer`: its sequence_length "
@@ -275,15 +507,25 @@ def explain_text(
             f"Received: tokenizer.sequence_length={tokenizer.sequence_length}"
         )
     tok = tokenizer.tokenize(list(texts))
-    logits = np.asarray(model.predict(tok.ids, verbose=0))
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    probs = e / e.sum(-1, keepdims=True)
+    empty = np.flatnonzero(~tok.token_mask.any(axis=1))
+    if empty.size:
+        raise ValueError(
+            "Received an invalid value for argument `texts`: text "
+            f"{int(empty[0])} ({tok.texts[int(empty[0])]!r}) has no tokens to explain."
+        )
+    raw = np.asarray(model.predict(model_inputs(model, tok.ids, tok.mask), verbose=0))
+    raw = raw.reshape(len(tok), -1)
+    kind = output_kind(model, raw) if outputs == "auto" else outputs
+    probs = to_probabilities(raw, kind)
+    special_ids = [i for i in (tokenizer.cls_id, tokenizer.sep_id) if i is not None and i >= 0]
     scores, targets, delta = token_attributions(
         model, tok.ids, method=method,
-        target=logits.argmax(-1).astype("int32") if target is None else target,
-        n_steps=n_steps, pad_id=tokenizer.pad_id, mask=tok.mask, **kwargs,
+        target=raw.argmax(-1).astype("int32") if target is None else target,
+        n_steps=n_steps, pad_id=tokenizer.pad_id, mask=tok.mask, special_ids=special_ids,
+        **kwargs,
     )
     word_scores = aggregate_to_words(scores, tok)
+    special = tok.special_tokens_mask
     return [
         TextExplanation(
             text=tok.texts[i],
@@ -295,6 +537,7 @@ def explain_text(
             mask=tok.mask[i],
             words=list(word_scores[i]),
             delta=None if delta is None else float(delta[i]),
+            special=special[i],
         )
         for i in range(len(tok))
     ]

@@ -21,10 +21,12 @@ from kerastrace.attention._analysis import (
     duplicate_heads,
     head_similarity,
     head_statistics,
+    query_scores,
 )
-from kerastrace.attention._collect import attention_layers, collect
+from kerastrace.attention._collect import AttentionMaps, attention_layers, collect
 
 __all__ = [
+    "AttentionMaps",
     "HeadStatistics",
     "attention_flow",
     "attention_layers",
@@ -33,4 +35,5 @@ __all__ = [
     "duplicate_heads",
     "head_similarity",
     "head_statistics",
+    "query_scores",
 ]

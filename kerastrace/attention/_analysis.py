@@ -16,8 +16,36 @@ _FUSIONS = ("mean", "max", "min")
 _FLOW_WARN_T = 64
 
 
-def _as_layers(weights, name="weights") -> tuple[list[str], list[np.ndarray]]:
-    """Normalize a dict / sequence / single array of (B, H, T, T) weights."""
+def _check_chain(weights, names, arrays, name):
+    """Rollout and flow chain maps over one token axis: refuse anything else."""
+    sites = getattr(weights, "sites", None) or {}
+    stacks = getattr(weights, "stacks", None)
+    if sites and stacks is not None and (len(stacks) > 1 or "cross" in stacks):
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`: the maps come from a model "
+            f"with several attention stacks ({ {k: len(v) for k, v in stacks.items()} }; "
+            "cross-attention links two different token sequences). Rollout and flow chain "
+            "self-attention over one token axis: pass one stack, e.g. "
+            f"`{name}.stack('encoder')` or `{name}.stack('decoder')`."
+        )
+    for n, a in zip(names, arrays):
+        site = sites.get(n)
+        if a.ndim == 4 and (a.shape[-1] != a.shape[-2] or (site and site.kind == "cross")):
+            raise ValueError(
+                f"Received an invalid value for argument `{name}`: {n!r} is cross-attention "
+                f"or has different query and key lengths (shape {a.shape}); rollout and flow "
+                "chain self-attention maps (B, H, T, T) over one token axis. Select the "
+                "self-attention layers of one stack (`collect(...).stack('encoder')`)."
+            )
+
+
+def _as_layers(weights, name="weights", chain=False) -> tuple[list[str], list[np.ndarray]]:
+    """Normalize a dict / sequence / single array of (B, H, Tq, Tk) weights.
+
+    With `chain=True` (rollout, flow) every map must be self-attention
+    `(B, H, T, T)` of one stack with the same T; otherwise query and key
+    lengths may differ (cross-attention) and only B must agree.
+    """
     if isinstance(weights, Mapping):
         names = [str(k) for k in weights]
         arrays = [np.asarray(w, dtype=np.float64) for w in weights.values()]
@@ -36,17 +64,23 @@ def _as_layers(weights, name="weights") -> tuple[list[str], list[np.ndarray]]:
         )
     if not arrays:
         raise v.invalid(name, "at least one layer of weights", weights)
+    if chain:
+        _check_chain(weights, names, arrays, name)
     shape = arrays[0].shape
     for n, a in zip(names, arrays):
-        if (
-            a.ndim != 4
-            or a.shape[-1] != a.shape[-2]
-            or a.shape[0] != shape[0]
-            or a.shape[-1] != shape[-1]
+        if a.ndim != 4 or a.shape[0] != shape[0] or (
+            chain and (a.shape[-1] != a.shape[-2] or a.shape[-1] != shape[-1])
         ):
+            expected = "(B, H, T, T) with equal B and T" if chain else "(B, H, Tq, Tk), equal B"
             raise ValueError(
                 f"Received an invalid value for argument `{name}`, expected arrays of shape "
-                f"(B, H, T, T) with equal B and T. Received: {name}[{n!r}].shape={a.shape}"
+                f"{expected}. Received: {name}[{n!r}].shape={a.shape}"
+            )
+    for n, a in zip(names, arrays):
+        if not np.all(np.isfinite(a)):
+            raise ValueError(
+                f"Received an invalid value for argument `{name}`: {name}[{n!r}] contains "
+                "NaN or inf attention weights (a numerical overflow in the model?)."
             )
     return names, arrays
 
@@ -87,7 +121,7 @@ def _row_normalize(a):
 
 def _residual_matrices(weights, head_fusion, residual, mask):
     v.check_one_of("head_fusion", head_fusion, _FUSIONS)
-    names, arrays = _as_layers(weights)
+    names, arrays = _as_layers(weights, chain=True)
     b, t = arrays[0].shape[0], arrays[0].shape[-1]
     m = _as_mask(mask, b, t)
     pair = (m[:, None, :, None] & m[:, None, None, :]).astype(np.float64)
@@ -148,6 +182,71 @@ def attention_rollout(
     for a in mats[1:]:
         out = a @ out
     return out.astype(np.float32)
+
+
+QUERIES = ("auto", "cls", "mean", "last")
+
+
+def resolve_query(query, causal: bool = False, pooled: bool = False):
+    """Resolve `query="auto"`: `"last"` for causal models, `"mean"` for mean-pooled ones,
+    else `"cls"` (the first real token, where a `[CLS]`-style model reads its output)."""
+    if isinstance(query, str) and query == "auto":
+        return "last" if causal else ("mean" if pooled else "cls")
+    return query
+
+
+def query_scores(matrix, query="cls", mask=None) -> np.ndarray:
+    """One row per example of a `(B, T, T)` relevance matrix, for the query a model reads.
+
+    Rollout, flow and gradient-weighted rollout give a matrix `R[b, i, j]`:
+    how much input token `j` reaches position `i`. The explanation of a
+    prediction is the row of the position the model reads its output from:
+
+    - `"cls"`: the first real (unmasked) position, where `[CLS]`-style
+      classifiers read (with left padding, not position 0);
+    - `"last"`: the last real position, where causal language models read;
+    - `"mean"`: the mean of the real rows (mean-pooled models);
+    - an int: that position (negative counts from the end, as in Python).
+
+    Args:
+        matrix: `(B, T, T)` array.
+        query: `"cls"`, `"last"`, `"mean"` or an int.
+        mask: Optional `(B, T)` boolean array, True on real tokens.
+
+    Returns:
+        `(B, T)` float32 scores, 0 on masked positions.
+
+    Example:
+
+    >>> import numpy as np
+    >>> r = np.arange(9.0).reshape(1, 3, 3)
+    >>> query_scores(r, "last", mask=np.array([[False, True, True]])).tolist()
+    [[0.0, 7.0, 8.0]]
+    >>> query_scores(r, "cls", mask=np.array([[False, True, True]])).tolist()
+    [[0.0, 4.0, 5.0]]
+    """
+    r = np.asarray(matrix, dtype=np.float64)
+    if r.ndim != 3 or r.shape[1] != r.shape[2]:
+        raise v.invalid("matrix", "a (B, T, T) array", f"array of shape {r.shape}")
+    b, t = r.shape[0], r.shape[1]
+    m = _as_mask(mask, b, t)
+    if isinstance(query, str):
+        v.check_one_of("query", query, QUERIES[1:])
+        if query == "mean":
+            w = m.astype(np.float64)
+            out = (r * w[:, :, None]).sum(1) / np.maximum(w.sum(1, keepdims=True), 1.0)
+        else:
+            rows = np.zeros(b, int)
+            for i in range(b):
+                real = np.flatnonzero(m[i])
+                if real.size:
+                    rows[i] = real[0] if query == "cls" else real[-1]
+            out = r[np.arange(b), rows]
+    elif isinstance(query, (int, np.integer)) and not isinstance(query, bool) and -t <= query < t:
+        out = r[:, int(query)]
+    else:
+        raise v.invalid("query", f"'cls', 'last', 'mean', 'auto' or an int in [-{t}, {t})", query)
+    return np.where(m, out, 0.0).astype(np.float32)
 
 
 def _max_flow(cap: np.ndarray, s: int, t: int) -> float:
@@ -301,7 +400,8 @@ class HeadStatistics:
                 continue
             for li, name in enumerate(self.layers):
                 for h in range(arr.shape[1]):
-                    out[f"{stat}/{name}/head_{h}"] = float(arr[li, h])
+                    if np.isfinite(arr[li, h]):
+                        out[f"{stat}/{name}/head_{h}"] = float(arr[li, h])
         return out
 
     def to_dict(self) -> dict:
@@ -379,16 +479,25 @@ def head_statistics(
     (0.25, 1.25)
     """
     names, arrays = _as_layers(weights)
-    b, t = arrays[0].shape[0], arrays[0].shape[-1]
+    sites = getattr(weights, "sites", None) or {}
+    b = arrays[0].shape[0]
+    self_shapes = [a.shape[-1] for a in arrays if a.shape[-1] == a.shape[-2]]
+    t = self_shapes[0] if self_shapes else arrays[0].shape[-1]
     m = _as_mask(mask, b, t)
     sp = _special_positions(special, token_ids, special_ids, b, t)
-    pair = (m[:, None, :, None] & m[:, None, None, :]).astype(np.float64)
-    qmask = m[:, None, :].astype(np.float64)  # (B, 1, Tq)
-    n_q = qmask.sum(axis=(0, 2))  # scalar-like per head broadcast
-    idx = np.arange(t)
-    dist = np.abs(idx[:, None] - idx[None, :]).astype(np.float64)
     ent, dis, spe = [], [], []
-    for a in arrays:
+    for n, a in zip(names, arrays):
+        tq, tk = a.shape[-2], a.shape[-1]
+        site = sites.get(n)
+        is_self = tq == tk and not (site is not None and site.kind == "cross")
+        # The mask applies to the axes of its length; cross-attention has no
+        # token distance (queries and keys are different sequences).
+        mq = m if tq == t else np.ones((b, tq), bool)
+        mk = m if tk == t else np.ones((b, tk), bool)
+        pair = (mq[:, None, :, None] & mk[:, None, None, :]).astype(np.float64)
+        qmask = mq[:, None, :].astype(np.float64)
+        n_q = qmask.sum(axis=(0, 2))
+        dist = np.abs(np.arange(tq)[:, None] - np.arange(tk)[None, :]).astype(np.float64)
         p = _row_normalize(a * pair)
         with np.errstate(divide="ignore", invalid="ignore"):
             logp = np.where(p > 0, np.log(np.where(p > 0, p, 1.0)), 0.0)
@@ -396,16 +505,26 @@ def head_statistics(
         d = (p * dist).sum(-1)
         denom = np.maximum(n_q, 1.0)
         ent.append((h * qmask).sum(axis=(0, 2)) / denom)
-        dis.append((d * qmask).sum(axis=(0, 2)) / denom)
+        dis.append((d * qmask).sum(axis=(0, 2)) / denom if is_self else np.full(a.shape[1], np.nan))
         if sp is not None:
-            s = (p * sp[:, None, None, :]).sum(-1)
+            sk = sp if tk == t else np.zeros((b, tk), bool)
+            s = (p * sk[:, None, None, :]).sum(-1)
             spe.append((s * qmask).sum(axis=(0, 2)) / denom)
     return HeadStatistics(
         layers=names,
-        entropy=np.array(ent),
-        distance=np.array(dis),
-        special_share=np.array(spe) if sp is not None else None,
+        entropy=_ragged(ent),
+        distance=_ragged(dis),
+        special_share=_ragged(spe) if sp is not None else None,
     )
+
+
+def _ragged(rows) -> np.ndarray:
+    """`(L, H_max)` from per-layer rows of possibly different head counts (NaN-padded)."""
+    width = max(len(r) for r in rows)
+    out = np.full((len(rows), width), np.nan)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
 
 
 def _head_rows(arrays, m):
@@ -450,7 +569,7 @@ def head_similarity(
     [1.0, 1.0, 0.541]
     """
     v.check_one_of("metric", metric, ("js", "cosine"))
-    names, arrays = _as_layers(weights)
+    names, arrays = _as_layers(weights, chain=True)
     b, t = arrays[0].shape[0], arrays[0].shape[-1]
     m = _as_mask(mask, b, t)
     heads = _head_rows(arrays, m)

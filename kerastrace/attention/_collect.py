@@ -2,41 +2,82 @@
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from kerastrace._utils import instrument
 from kerastrace._utils.types import Inputs
-from kerastrace.layers import SelfAttention
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _children(layer):
-    if isinstance(layer, keras.Model) and hasattr(layer, "layers"):
-        kids = list(layer.layers)
-    else:
-        kids = []
-    try:
-        for sub in layer._flatten_layers(include_self=False, recursive=False):
-            if all(sub is not k for k in kids):
-                kids.append(sub)
-    except AttributeError:  # pragma: no cover - non-keras objects
-        pass
-    return kids
+class AttentionMaps(dict):
+    """`{site: (B, H, T_query, T_key) float32 array}` in call order, with what each site is.
+
+    A plain dict of numpy arrays (so existing code keeps working) that also
+    knows, for every key, the `AttentionSite` it came from: the layer path,
+    the call number, whether it is self- or cross-attention and which stack
+    it belongs to (`"self"` for encoder-only and decoder-only models;
+    `"encoder"`, `"decoder"` and `"cross"` for encoder-decoder models).
+    Rollout, flow and the attention-gradient methods use this to refuse
+    chaining attention maps that do not share one token axis.
+
+    Attributes:
+        sites: `{key: AttentionSite}`.
+    """
+
+    def __init__(self, items=(), sites=None):
+        super().__init__(items)
+        self.sites = dict(sites or {})
+
+    @property
+    def stacks(self) -> dict[str, list[str]]:
+        """`{stack: [keys]}` in call order."""
+        out: dict[str, list[str]] = {}
+        for key in self:
+            site = self.sites.get(key)
+            out.setdefault(site.stack if site is not None else "self", []).append(key)
+        return out
+
+    def stack(self, name: str) -> AttentionMaps:
+        """The maps of one stack (e.g. `"encoder"`), in call order."""
+        stacks = self.stacks
+        if name not in stacks:
+            raise ValueError(
+                f"Received an invalid value for argument `name`, expected one of "
+                f"{sorted(stacks)}. Received: name={name!r}"
+            )
+        keys = stacks[name]
+        return AttentionMaps({k: self[k] for k in keys}, {k: self.sites[k] for k in keys
+                                                          if k in self.sites})
+
+    def is_causal(self, atol: float = 0.0) -> bool:
+        """True when every self-attention map puts no weight on later positions."""
+        found = False
+        for key, w in self.items():
+            site = self.sites.get(key)
+            if site is not None and site.kind != "self":
+                continue
+            if w.shape[-1] != w.shape[-2] or w.shape[-1] < 2:
+                return False
+            found = True
+            if np.abs(np.triu(np.asarray(w), 1)).max() > atol:
+                return False
+        return found
 
 
-def attention_layers(model) -> dict[str, keras.layers.Layer]:
+def attention_layers(model) -> dict:
     """Every attention layer inside `model`, by layer path.
 
-    Finds `kerastrace.layers.SelfAttention` (also inside `TransformerBlock`)
-    and `keras.layers.MultiHeadAttention` at any depth: in nested models and
-    in sublayers of custom layers. Paths join layer names with `/`, without
-    the outer model's name, e.g. `"transformer_block/attention"` or
-    `"encoder/mha"`.
+    Finds `kerastrace.layers.SelfAttention` (also inside `TransformerBlock`),
+    `keras.layers.MultiHeadAttention` and its subclasses (keras-hub's
+    `CachedMultiHeadAttention`, used by its `TransformerEncoder`/`Decoder`,
+    BERT and GPT-2) and keras-hub's own attention layers (Llama, Mistral, ...)
+    at any depth: in nested models and in sublayers of custom layers. Paths
+    join layer names with `/`, without the outer model's name, e.g.
+    `"transformer_block/attention"` or `"gpt2_backbone/transformer_layer_0/self_attention"`.
 
     Args:
         model: A Keras model or layer.
@@ -54,84 +95,7 @@ def attention_layers(model) -> dict[str, keras.layers.Layer]:
     >>> list(attention_layers(keras.Model(inp, out)))
     ['block/attention']
     """
-    found: dict[str, keras.layers.Layer] = {}
-    seen: set[int] = set()
-
-    def visit(layer, prefix):
-        for child in _children(layer):
-            if id(child) in seen:
-                continue
-            seen.add(id(child))
-            path = f"{prefix}{child.name}"
-            if isinstance(child, (SelfAttention, keras.layers.MultiHeadAttention)):
-                found[path] = child
-            visit(child, path + "/")
-
-    if isinstance(model, (SelfAttention, keras.layers.MultiHeadAttention)):
-        found[model.name] = model
-        return found
-    visit(model, "")
-    return found
-
-
-class _Recorder:
-    """Patches the `call` of attention layers (instance attributes) and records weights."""
-
-    def __init__(self, layers: dict[str, keras.layers.Layer]):
-        self.layers = layers
-        self.records: dict[str, object] = {}
-
-    def _store(self, path, weights):
-        key = path
-        i = 1
-        while key in self.records:
-            key = f"{path}:{i}"
-            i += 1
-        self.records[key] = weights
-
-    def _wrap(self, path, layer):
-        orig = layer.call
-        if isinstance(layer, keras.layers.MultiHeadAttention):
-
-            def call(*args, **kwargs):
-                want = bool(kwargs.get("return_attention_scores", False))
-                kwargs["return_attention_scores"] = True
-                outputs, scores = orig(*args, **kwargs)
-                self._store(path, scores)
-                return (outputs, scores) if want else outputs
-
-        else:
-
-            def call(*args, **kwargs):
-                flag = layer.return_attention_scores
-                object.__setattr__(layer, "return_attention_scores", True)
-                try:
-                    outputs, weights = orig(*args, **kwargs)
-                finally:
-                    object.__setattr__(layer, "return_attention_scores", flag)
-                self._store(path, weights)
-                return (outputs, weights) if flag else outputs
-
-        return call
-
-    @contextlib.contextmanager
-    def patched(self):
-        had = {}
-        try:
-            for path, layer in self.layers.items():
-                had[path] = "call" in layer.__dict__
-                prev = layer.__dict__.get("call")
-                object.__setattr__(layer, "call", self._wrap(path, layer))
-                had[path] = (had[path], prev)
-            yield self
-        finally:
-            for path, (was_set, prev) in had.items():
-                layer = self.layers[path]
-                if was_set:
-                    object.__setattr__(layer, "call", prev)
-                else:
-                    with contextlib.suppress(AttributeError):
-                        object.__delattr__(layer, "call")
+    return instrument.attention_layers(model)
 
 
 def _layers_or_raise(model):
@@ -139,32 +103,52 @@ def _layers_or_raise(model):
     if not layers:
         raise ValueError(
             "Received an invalid value for argument `model`, expected a model with at "
-            "least one attention layer (kerastrace.layers.SelfAttention, TransformerBlock "
-            "or keras.layers.MultiHeadAttention). Received: "
+            "least one attention layer (kerastrace.layers.SelfAttention, TransformerBlock, "
+            "keras.layers.MultiHeadAttention or a keras-hub attention layer). Received: "
             f"model={getattr(model, 'name', type(model).__name__)!r} with no attention layer"
         )
     return layers
 
 
-def _run(model, layers, inputs, training):
-    rec = _Recorder(layers)
-    with rec.patched():
+def _run(model, layers, inputs, training, holder=None):
+    weights: list = []
+
+    def hook(site, w):
+        weights.append(w)
+        return None
+
+    with instrument.attention_seams(layers, hook) as sites:
         model(inputs, training=training)
-    return {k: tf.cast(v, tf.float32) for k, v in rec.records.items()}
+    if not sites:
+        raise ValueError(
+            "Received an invalid value for argument `model`: none of its attention layers "
+            f"({list(layers)}) was called in the forward pass."
+        )
+    if holder is not None:
+        holder[:] = list(sites)
+    return {s.name: w for s, w in zip(sites, weights)}, list(sites)
 
 
 def _compiled(model, layers):
     entry = _CACHE.get(model)
     names = tuple(layers)
     if entry is not None and entry[0] == names:
-        return entry[1]
+        return entry[1], entry[2]
+    ref = weakref.ref(model)  # the cache value must not keep the model alive
+    holder: list = []
 
     def fn(inputs):
-        return _run(model, layers, inputs, False)
+        out, _ = _run(ref(), layers_ref(), inputs, False, holder)
+        return out
+
+    layer_refs = {p: weakref.ref(layer) for p, layer in layers.items()}
+
+    def layers_ref():
+        return {p: r() for p, r in layer_refs.items()}
 
     compiled = tf.function(fn, reduce_retracing=True)
-    _CACHE[model] = (names, compiled)
-    return compiled
+    _CACHE[model] = (names, compiled, holder)
+    return compiled, holder
 
 
 def collect(
@@ -174,17 +158,18 @@ def collect(
     layers: list[str] | None = None,
     compiled: bool = True,
     training: bool = False,
-) -> dict[str, np.ndarray]:
+) -> AttentionMaps:
     """Attention weights of every attention layer of `model` for `inputs`.
 
-    Runs one forward pass of `model` in which each attention layer's `call` is
-    temporarily wrapped (an instance attribute, removed afterwards) so that
-    its weights are recorded: `kerastrace.layers.SelfAttention` (also inside
-    `TransformerBlock`) returns them already, and `keras.layers.MultiHeadAttention`
-    is called with `return_attention_scores=True` and the scores are stripped
-    from what its caller sees. The model, its outputs and its weights are not
-    changed. Works for functional, sequential and subclassed models, nested
-    models and attention layers inside custom layers.
+    Runs one forward pass of `model` in which each attention layer's
+    documented seam is wrapped (an instance attribute, removed afterwards):
+    `keras.layers.MultiHeadAttention._compute_attention` (called with
+    `return_attention_scores=True`, the scores stripped from what its caller
+    sees), the same method of `kerastrace.layers.SelfAttention`, and the
+    `_masked_softmax` of keras-hub's own attention layers. The model, its
+    outputs and its weights are not changed. Works for functional,
+    sequential and subclassed models, nested models, attention layers inside
+    custom layers, and keras-hub models with dict inputs.
 
     With `compiled=True` (default) the instrumented forward pass is traced once
     into a `tf.function` that is cached per model (weakly) and only returns
@@ -193,7 +178,8 @@ def collect(
 
     Args:
         model: A Keras model (or layer) containing attention layers.
-        inputs: What `model` is called on (array, tensor or a structure of them).
+        inputs: What `model` is called on: an array, a tuple/list, or a dict
+            (keras-hub: `{"token_ids": ..., "padding_mask": ...}`).
         layers: Optional list of layer paths (keys of `attention_layers(model)`)
             to keep. Defaults to all.
         compiled: Use the cached `tf.function` (True) or an eager call (False).
@@ -201,9 +187,10 @@ def collect(
             after they are recorded, so it only matters for earlier layers).
 
     Returns:
-        A dict `{layer_path: weights}` in call order, with float32 numpy arrays
-        of shape `(B, num_heads, query_len, key_len)`. A layer called several
-        times in one pass gets keys `path`, `path:1`, ...
+        An `AttentionMaps` dict `{site: weights}` in call order, with float32
+        numpy arrays of shape `(B, num_heads, query_len, key_len)`. A layer
+        called several times in one pass gets keys `path`, `path:1`, ...;
+        `.sites` says what each key is (self- or cross-attention, stack).
 
     Raises:
         ValueError: if `model` has no attention layer, or `layers` names an
@@ -221,8 +208,8 @@ def collect(
     >>> weights = collect(model, x)
     >>> {k: v.shape for k, v in weights.items()}
     {'mha': (3, 2, 5, 5)}
-    >>> bool(np.allclose(weights["mha"].sum(-1), 1.0, atol=1e-5))
-    True
+    >>> bool(np.allclose(weights["mha"].sum(-1), 1.0, atol=1e-5)), weights.sites["mha"].kind
+    (True, 'self')
 
     References:
         - [Abnar & Zuidema, 2020](https://arxiv.org/abs/2005.00928) use these
@@ -230,6 +217,8 @@ def collect(
     """
     all_layers = _layers_or_raise(model)
     if layers is not None:
+        if isinstance(layers, str):
+            layers = [layers]
         unknown = [p for p in layers if p not in all_layers]
         if unknown:
             raise ValueError(
@@ -237,12 +226,18 @@ def collect(
                 f"{list(all_layers)}. Received: layers={list(layers)!r}"
             )
     if compiled and not training:
-        out = _compiled(model, all_layers)(inputs)
+        fn, holder = _compiled(model, all_layers)
+        out = fn(inputs)
+        sites = {s.name: s for s in holder}
     else:
-        out = _run(model, all_layers, inputs, training)
-    result = {}
+        out, site_list = _run(model, all_layers, inputs, training)
+        sites = {s.name: s for s in site_list}
+    result = AttentionMaps()
     for key, value in out.items():
-        base = key.split(":")[0]
+        site = sites.get(key)
+        base = site.path if site is not None else key.split(":")[0]
         if layers is None or base in layers:
             result[key] = np.asarray(value, dtype=np.float32)
+            if site is not None:
+                result.sites[key] = site
     return result

@@ -39,25 +39,38 @@ class Attribution:
         self.forward_engine = _core.ForwardEngine(self._forward)
 
     # ------------------------------------------------------------ helpers
-    def _prepare(self, inputs, float_inputs=True):
-        xs, is_tuple = _core.normalize_inputs(inputs)
-        if float_inputs:
-            xs = _core.check_float_inputs(xs, self._names, type(self).__name__)
-        _core.check_finite(xs, names=self._names)
-        return xs, is_tuple
+    def _prepare(self, inputs, float_inputs=True, additional_forward_args=None):
+        """Normalize and validate inputs: `(attributed, pass_through, layout)`.
 
-    def _output_shapes(self, xs):
-        key = tuple((x.shape[1:], x.dtype.str) for x in xs)
+        `attributed` are float32 arrays (the entries the method explains),
+        `pass_through` the model inputs passed on unchanged (integer dict
+        entries such as keras-hub's `padding_mask`, and
+        `additional_forward_args`), `layout` how to call the model with them.
+        """
+        flat, layout = _core.normalize_inputs(
+            inputs, additional_forward_args=additional_forward_args
+        )
+        if float_inputs:
+            flat, layout = _core.select_float_inputs(
+                flat, layout, self._names, type(self).__name__
+            )
+        _core.check_finite(flat, names=self._names, layout=layout)
+        xs, ctx = layout.split(flat)
+        return xs, ctx, layout
+
+    def _output_shapes(self, flat, layout):
+        key = (tuple((x.shape[1:], x.dtype.str) for x in flat), layout)
         if key not in self._out_cache:
-            specs = [_core.spec_for(x) for x in xs]
-            self._out_cache[key] = _core.output_info(self._forward, specs)
+            specs = [_core.spec_for(x) for x in flat]
+            self._out_cache[key] = _core.output_info(self._forward, specs, layout)
         return self._out_cache[key]
 
-    def _target(self, target, xs):
-        return _core.normalize_target(target, xs[0].shape[0], self._output_shapes(xs))
+    def _target(self, target, flat, layout):
+        """A `TargetSpec` for `target` given the full flat model inputs."""
+        return _core.normalize_target(target, flat[0].shape[0], self._output_shapes(flat, layout))
 
-    def _scores(self, xs, target: _core.TargetSpec, chunk=None):
-        return self.forward_engine.scores(xs, target, chunk)
+    def _scores(self, flat, target: _core.TargetSpec, chunk=None, layout=None):
+        return self.forward_engine.scores(flat, target, chunk, layout)
 
     def attribute(self, inputs, target=None, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -75,7 +88,9 @@ class GradientAttribution(Attribution):
         #: Run the engine's Python body eagerly instead of the compiled graph
         #: (same numbers, slower; for debugging).
         self.run_eagerly = False
-        self.engine = _core.GradientEngine(lambda xs, ctx: self._forward(xs), self._names)
+        self.engine = _core.GradientEngine(
+            lambda xs, ctx, layout: self._forward(layout.merge(xs, ctx), layout), self._names
+        )
 
     # Subclasses implement `_plan(inputs, target=None, **kwargs) -> (Plan, is_tuple)`:
     # validate and prepare the inputs and describe the work as a `_core.Plan`.
@@ -103,10 +118,21 @@ class GradientAttribution(Attribution):
     def _execute(self, plan, noise=None, squares=False):
         return self.engine.run(plan, noise=noise, squares=squares, eager=self.run_eagerly)
 
-    def compute_convergence_delta(self, attributions, start, end, target):
-        """`sum(attributions) - (f(end) - f(start))` per example."""
+    def compute_convergence_delta(self, attributions, start, end, target, ctx=(), layout=None):
+        """`sum(attributions) - (f(end) - f(start))` per example.
+
+        `start`/`end` are the attributed entries; `ctx` and `layout` give the
+        pass-through model inputs (none for plain array inputs).
+        """
         total = sum(
             np.asarray(a, np.float64).reshape(a.shape[0], -1).sum(axis=1) for a in attributions
         )
-        diff = self._scores(end, target).astype(np.float64) - self._scores(start, target)
+        if layout is None:
+            layout = _core.Layout(
+                "tuple" if len(end) > 1 else "array", tuple(range(len(end))),
+                tuple(range(len(end))),
+            )
+        f_end = self._scores(layout.merge(end, ctx), target, layout=layout)
+        f_start = self._scores(layout.merge(start, ctx), target, layout=layout)
+        diff = f_end.astype(np.float64) - f_start
         return (total - diff).astype(np.float32)

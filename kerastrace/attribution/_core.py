@@ -32,40 +32,156 @@ PARALLEL_CHUNKS = 4
 
 
 # ----------------------------------------------------------------- inputs
-def normalize_inputs(inputs, name: str = "inputs"):
-    """Return `(tuple_of_numpy_arrays, was_tuple)`."""
-    if isinstance(inputs, dict):
-        raise TypeError(
-            f"Received an invalid value for argument `{name}`, expected an array, a "
-            "tensor or a tuple of them. Dict inputs are not supported; pass a tuple in "
-            f"the model's input order. Received: {name} of type dict"
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How the flat tuple of input arrays maps back to what the model takes.
+
+    Inputs come as one array (`kind="array"`), a tuple/list of arrays for a
+    multi-input model (`"tuple"`) or a dict such as keras-hub's
+    `{"token_ids", "padding_mask", ...}` (`"dict"`). They are flattened to a
+    tuple of arrays (dict entries in the dict's order); `diff` lists the flat
+    positions that are attributed (differentiated or perturbed), the others
+    pass through to the model unchanged (Captum's `additional_forward_args`).
+
+    Attributes:
+        kind: `"array"`, `"tuple"` or `"dict"`.
+        keys: One key per flat entry: the dict key, or the position.
+        diff: Flat positions of the attributed entries, in order.
+    """
+
+    kind: str
+    keys: tuple
+    diff: tuple
+    result: str = ""
+
+    def __post_init__(self):
+        if not self.result:
+            object.__setattr__(self, "result", self.kind)
+
+    @property
+    def ctx(self) -> tuple:
+        """Flat positions of the pass-through entries."""
+        return tuple(i for i in range(len(self.keys)) if i not in self.diff)
+
+    def with_diff(self, diff) -> Layout:
+        return dataclasses.replace(self, diff=tuple(diff))
+
+    def split(self, flat):
+        """`(attributed, pass_through)` tuples from the flat entries."""
+        return tuple(flat[i] for i in self.diff), tuple(flat[i] for i in self.ctx)
+
+    def merge(self, diff, ctx) -> list:
+        """The flat entries in model order from the attributed and pass-through parts."""
+        out = [None] * len(self.keys)
+        for i, t in zip(self.diff, diff):
+            out[i] = t
+        for i, t in zip(self.ctx, ctx):
+            out[i] = t
+        return out
+
+    def pack(self, flat):
+        """What the model is called with: an array, a list or a dict."""
+        if self.kind == "dict":
+            return dict(zip(self.keys, flat))
+        if self.kind == "tuple":
+            return list(flat)
+        return flat[0]
+
+    def restore(self, values):
+        """The attributed values in the caller's structure."""
+        values = tuple(values)
+        if self.kind == "dict":
+            return {self.keys[i]: val for i, val in zip(self.diff, values)}
+        if self.result == "tuple" or len(values) > 1:
+            return values
+        return values[0]
+
+    def label(self, i: int, names=None) -> str:
+        """A readable label of flat entry `i` for error messages."""
+        if self.kind == "dict":
+            return f"input {self.keys[i]!r}"
+        return input_label(i, len(self.keys), names)
+
+
+def _as_array(t, name):
+    arr = np.asarray(t.numpy() if hasattr(t, "numpy") else t)
+    if arr.ndim == 0:
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected arrays with a "
+            f"leading batch axis. Received: {name} with shape ()"
         )
-    is_tuple = isinstance(inputs, tuple) or (
+    return arr
+
+
+def _is_multi(inputs) -> bool:
+    return isinstance(inputs, tuple) or (
         isinstance(inputs, list) and len(inputs) > 0 and all(hasattr(t, "shape") for t in inputs)
     )
-    items = tuple(inputs) if is_tuple else (inputs,)
-    if not items:
-        raise ValueError(f"Received an invalid value for argument `{name}`: it is empty.")
-    out = []
-    for t in items:
-        arr = np.asarray(t.numpy() if hasattr(t, "numpy") else t)
-        if arr.ndim == 0:
-            raise ValueError(
-                f"Received an invalid value for argument `{name}`, expected arrays with a "
-                f"leading batch axis. Received: {name} with shape ()"
-            )
-        out.append(arr)
+
+
+def normalize_inputs(inputs, name: str = "inputs", additional_forward_args=None):
+    """Return `(flat_tuple_of_numpy_arrays, Layout)`.
+
+    `inputs` is an array/tensor, a tuple/list of them or a dict of them.
+    `additional_forward_args` (optional) are model inputs that are passed
+    through unchanged: a dict merged into dict inputs, or an array/tuple
+    appended to array/tuple inputs (the model then gets a list).
+    """
+    if isinstance(inputs, dict):
+        if not inputs:
+            raise ValueError(f"Received an invalid value for argument `{name}`: it is empty.")
+        keys, items, kind = list(inputs), list(inputs.values()), "dict"
+    else:
+        kind = "tuple" if _is_multi(inputs) else "array"
+        items = list(inputs) if kind == "tuple" else [inputs]
+        if not items:
+            raise ValueError(f"Received an invalid value for argument `{name}`: it is empty.")
+        keys = list(range(len(items)))
+    n_main, result = len(items), kind
+    if additional_forward_args is not None:
+        extra = additional_forward_args
+        if kind == "dict":
+            if not isinstance(extra, dict):
+                raise TypeError(
+                    "Received an invalid value for argument `additional_forward_args`, "
+                    "expected a dict (the inputs are a dict). Received: "
+                    f"additional_forward_args of type {type(extra).__name__}"
+                )
+            both = sorted(set(extra) & set(keys))
+            if both:
+                raise ValueError(
+                    "Received an invalid value for argument `additional_forward_args`: "
+                    f"keys {both} are also in `{name}`. Received: "
+                    f"additional_forward_args keys {list(extra)}"
+                )
+            keys += list(extra)
+            items += list(extra.values())
+        else:
+            if isinstance(extra, dict):
+                raise TypeError(
+                    "Received an invalid value for argument `additional_forward_args`, "
+                    "expected an array or a tuple (the inputs are not a dict). Received: a dict"
+                )
+            more = list(extra) if _is_multi(extra) else [extra]
+            kind = "tuple"
+            keys = list(range(len(items) + len(more)))
+            items += more
+    out = tuple(_as_array(t, name) for t in items)
     batch = {a.shape[0] for a in out}
     if len(batch) != 1:
+        sizes = {str(k): a.shape[0] for k, a in zip(keys, out)}
         raise ValueError(
             f"Received an invalid value for argument `{name}`: all inputs must have the "
-            f"same batch size. Received: batch sizes {[a.shape[0] for a in out]}"
+            f"same batch size. Received: batch sizes {sizes}"
         )
-    return tuple(out), is_tuple
+    return out, Layout(kind, tuple(keys), tuple(range(n_main)), result)
 
 
-def restore(values, is_tuple):
-    return tuple(values) if is_tuple else values[0]
+def restore(values, layout):
+    """Put attributed values back into the caller's structure (see `Layout.restore`)."""
+    if isinstance(layout, Layout):
+        return layout.restore(values)
+    return tuple(values) if layout else values[0]
 
 
 def input_label(i: int, n: int, names=None) -> str:
@@ -74,35 +190,115 @@ def input_label(i: int, n: int, names=None) -> str:
     return f"input {i}" if n > 1 else "the input"
 
 
+def _dtype_hint():
+    return (
+        "gradients with respect to integer inputs (e.g. token ids) do not exist. To explain "
+        "a token-id model, attribute to its embedding layer with "
+        "`LayerIntegratedGradients(model, embedding_layer)` (or `LayerGradientXActivation`)."
+    )
+
+
+def select_float_inputs(flat, layout, names=None, method="this gradient method"):
+    """Attributed entries as float32 and the layout that says which they are.
+
+    Array and tuple inputs must all be floating point (integer entries can
+    be passed through with `additional_forward_args`). For dict inputs the
+    floating-point entries are attributed and the others (token ids, masks,
+    segment ids) pass through unchanged; a dict without any floating-point
+    entry is refused.
+    """
+    if layout.kind == "dict":
+        diff = tuple(i for i in layout.diff if np.issubdtype(flat[i].dtype, np.floating))
+        if not diff:
+            kinds = {str(layout.keys[i]): str(flat[i].dtype) for i in layout.diff}
+            raise TypeError(
+                f"The dict inputs have no floating-point entry ({kinds}): {method} needs "
+                f"floating-point inputs, because {_dtype_hint()}"
+            )
+        layout = layout.with_diff(diff)
+    else:
+        for i in layout.diff:
+            if not np.issubdtype(flat[i].dtype, np.floating):
+                raise TypeError(
+                    f"{layout.label(i, names)} has dtype {flat[i].dtype}: {method} needs "
+                    f"floating-point inputs, because {_dtype_hint()} Integer inputs that "
+                    "should pass through unchanged go in `additional_forward_args`."
+                )
+    flat = tuple(
+        flat[i].astype(np.float32, copy=False) if i in layout.diff else flat[i]
+        for i in range(len(flat))
+    )
+    return flat, layout
+
+
+#: Dict entries that perturbation methods pass through by default: keras-hub's
+#: auxiliary inputs (masks and segment ids), never the thing being explained.
+AUXILIARY_KEYS = (
+    "padding_mask", "segment_ids", "attention_mask", "token_type_ids", "position_ids",
+    "mask", "decoder_padding_mask", "encoder_padding_mask",
+)
+
+
+def select_perturbed_inputs(flat, layout):
+    """The entries a perturbation method occludes: for dicts, all but `AUXILIARY_KEYS`."""
+    if layout.kind != "dict":
+        return layout
+    diff = tuple(i for i in layout.diff if layout.keys[i] not in AUXILIARY_KEYS)
+    if not diff:
+        raise ValueError(
+            "Received an invalid value for argument `inputs`: every entry of the dict is an "
+            f"auxiliary input ({[layout.keys[i] for i in layout.diff]}); nothing to perturb."
+        )
+    return layout.with_diff(diff)
+
+
 def check_float_inputs(xs, names=None, method="this gradient method"):
     """Cast floating inputs to float32; reject integer/bool inputs with a pointer."""
-    out = []
-    for i, x in enumerate(xs):
-        if not np.issubdtype(x.dtype, np.floating):
-            raise TypeError(
-                f"{input_label(i, len(xs), names)} has dtype {x.dtype}: {method} needs "
-                "floating-point inputs, because gradients with respect to integer inputs "
-                "(e.g. token ids) do not exist. To explain a token-id model, attribute to "
-                "its embedding layer with `LayerIntegratedGradients(model, embedding_layer)` "
-                "(or `LayerGradientXActivation`)."
-            )
-        out.append(x.astype(np.float32, copy=False))
-    return tuple(out)
+    flat, _ = select_float_inputs(
+        tuple(xs), Layout("tuple", tuple(range(len(xs))), tuple(range(len(xs)))), names, method
+    )
+    return flat
 
 
-def check_finite(xs, name="inputs", names=None):
+def check_finite(xs, name="inputs", names=None, layout=None):
     for i, x in enumerate(xs):
         if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
             bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+            label = layout.label(i, names) if layout is not None else input_label(i, len(xs), names)
             raise ValueError(
                 f"Received an invalid value for argument `{name}`: "
-                f"{input_label(i, len(xs), names)} contains {bad} NaN or inf value(s). "
+                f"{label} contains {bad} NaN or inf value(s). "
                 "Attributions of non-finite inputs are undefined."
             )
 
 
-def broadcast_baselines(baselines, xs, name="baselines", dtype=np.float32):
-    """Broadcast `baselines` (None, scalar, array or tuple) to each input's shape."""
+def _dict_baselines(baselines, xs, layout, name):
+    """A dict of baselines for some attributed entries; the others keep their inputs."""
+    keys = [layout.keys[i] for i in layout.diff]
+    unknown = [k for k in baselines if k not in keys]
+    if unknown:
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`: keys {unknown} are not "
+            f"attributed inputs; expected some of {keys}. Received: {name} keys "
+            f"{list(baselines)}"
+        )
+    return tuple(baselines.get(k, x) for k, x in zip(keys, xs))
+
+
+def broadcast_baselines(baselines, xs, name="baselines", dtype=np.float32, layout=None):
+    """Broadcast `baselines` (None, scalar, array, tuple or dict) to each input's shape.
+
+    With dict inputs (`layout.kind == "dict"`), a dict gives the baselines of
+    some attributed entries by key (the others keep their input values); a
+    scalar or array applies to every attributed entry.
+    """
+    if isinstance(baselines, dict):
+        if layout is None or layout.kind != "dict":
+            raise TypeError(
+                f"Received an invalid value for argument `{name}`: a dict of baselines "
+                "needs dict inputs. Received: a dict"
+            )
+        baselines = _dict_baselines(baselines, xs, layout, name)
     if baselines is None:
         baselines = tuple(0.0 for _ in xs)
     elif not isinstance(baselines, (tuple, list)) or (
@@ -144,16 +340,19 @@ def model_input_names(model):
 
 
 def make_forward(model):
-    """`forward(tuple_of_tensors) -> outputs` calling the model with `training=False`."""
+    """`forward(flat_tensors, layout) -> outputs`, calling the model with `training=False`."""
     if isinstance(model, keras.layers.Layer):
 
-        def forward(xs):
-            return model(xs[0] if len(xs) == 1 else list(xs), training=False)
+        def forward(flat, layout):
+            return model(layout.pack(list(flat)), training=False)
 
     elif callable(model):
 
-        def forward(xs):
-            return model(*xs)
+        def forward(flat, layout):
+            packed = layout.pack(list(flat))
+            if layout.kind == "dict":
+                return model(packed)
+            return model(*flat)
 
     else:
         raise TypeError(
@@ -205,9 +404,9 @@ class TargetSpec:
         return TargetSpec(self.indices[idx], self.fn)
 
 
-def output_info(model_forward, specs):
+def output_info(model_forward, specs, layout):
     """Trace `forward` symbolically (no execution) and return output shapes."""
-    fn = tf.function(lambda *xs: model_forward(tuple(xs)))
+    fn = tf.function(lambda *xs: model_forward(tuple(xs), layout))
     outs = fn.get_concrete_function(*specs).structured_outputs
     return [tuple(o.shape) for o in _flat_outputs(outs)]
 
@@ -323,7 +522,8 @@ class Plan:
         use_abs: take `|attribution|` (Saliency).
         internal_batch_size: rows per model call; None: all rows in one call.
         ctx: arrays `(B, ...)` passed to the forward unchanged (the model
-            inputs of layer methods).
+            inputs of layer methods; pass-through entries of gradient methods).
+        layout: the `Layout` the forward uses to call the model.
     """
 
     xs: tuple
@@ -335,11 +535,16 @@ class Plan:
     use_abs: bool = False
     internal_batch_size: int | None = None
     ctx: tuple = ()
+    layout: Layout | None = None
 
 
-def gradient_plan(xs, target, modes, use_abs=False, internal_batch_size=None, ctx=()):
+def gradient_plan(
+    xs, target, modes, use_abs=False, internal_batch_size=None, ctx=(), layout=None
+):
     """The plan of a plain gradient (one point per example, at the input itself)."""
-    return Plan(xs, None, target, None, None, tuple(modes), use_abs, internal_batch_size, ctx)
+    return Plan(
+        xs, None, target, None, None, tuple(modes), use_abs, internal_batch_size, ctx, layout
+    )
 
 
 def _noise(x, sd, seed, j, first, count):
@@ -433,19 +638,26 @@ class GradientEngine:
         self.trace_count = 0
         self._fns = {}
 
-    def _get(self, xs, ctx, target_fn, path):
+    def label(self, j, n_x, layout):
+        """Readable label of differentiable input `j` for error messages."""
+        if layout is not None and len(layout.diff) == n_x:
+            return layout.label(layout.diff[j], self.names)
+        return input_label(j, n_x, self.names)
+
+    def _get(self, xs, ctx, target_fn, path, layout):
         key = (
             tuple((a.shape[1:], a.dtype.str) for a in xs),
             tuple((a.shape[1:], a.dtype.str) for a in ctx),
             id(target_fn) if target_fn is not None else None,
             path,
+            layout,
         )
         fn = self._fns.get(key)
         if fn is None:
-            fn = self._fns[key] = self._build(xs, ctx, target_fn, path)
+            fn = self._fns[key] = self._build(xs, ctx, target_fn, path, layout)
         return fn
 
-    def _build(self, xs, ctx, target_fn, path):
+    def _build(self, xs, ctx, target_fn, path, layout):
         n_x, n_c = len(xs), len(ctx)
         engine = self
 
@@ -453,7 +665,7 @@ class GradientEngine:
             """Input gradients of the target score of each row (times `w` if given)."""
             with tf.GradientTape() as tape:
                 tape.watch(points)
-                outputs = engine.forward(tuple(points), tuple(context))
+                outputs = engine.forward(tuple(points), tuple(context), layout)
                 score = select_scores(outputs, target, target_fn)
             # Path weights enter as the output gradient: d(sum_r w_r score_r)/d point_r.
             grads = tape.gradient(score, points, output_gradients=w)
@@ -462,7 +674,7 @@ class GradientEngine:
                 if gr is None:
                     raise ValueError(
                         f"The model output does not depend on "
-                        f"{input_label(j, n_x, engine.names)}: its gradient is None "
+                        f"{engine.label(j, n_x, layout)}: its gradient is None "
                         "(no path from it to the target). Remove it from the explained "
                         "inputs, or check that the model uses it."
                     )
@@ -676,7 +888,7 @@ class GradientEngine:
             sds, seed, sample0, samples = noise
         rows = samples * xs[0].shape[0] * (int(plan.alphas.shape[1]) if path else 1)
         chunk = rows if plan.internal_batch_size is None else plan.internal_batch_size
-        fn = self._get(xs, ctx, plan.target.fn, path)
+        fn = self._get(xs, ctx, plan.target.fn, path, plan.layout)
         args = [tf.constant(x) for x in xs]
         if path:
             args += [tf.constant(b) for b in plan.bases]
@@ -704,44 +916,60 @@ class GradientEngine:
 
 
 class ForwardEngine:
-    """Compiled, chunked forward pass returning the target score per row."""
+    """Compiled, chunked forward pass returning the target score per row.
+
+    `forward(flat_inputs, layout) -> outputs`. The chunk size is a tensor
+    argument, so new chunk sizes, batch sizes or values do not retrace.
+    """
 
     def __init__(self, forward):
         self.forward = forward
         self.trace_count = 0
         self._fns = {}
 
-    def _get(self, chunk, xs, target_fn):
-        key = (chunk, tuple((a.shape[1:], a.dtype.str) for a in xs), id(target_fn))
+    def _get(self, xs, target_fn, layout):
+        key = (tuple((a.shape[1:], a.dtype.str) for a in xs), id(target_fn), layout)
         fn = self._fns.get(key)
         if fn is not None:
             return fn
         engine = self
 
-        def body(xs_t, target):
+        def body(xs_t, target, chunk):
             engine.trace_count += 1
             n = tf.shape(target)[0]
             n_chunks = (n + chunk - 1) // chunk
 
             def step(i, ta):
                 rows = tf.minimum(i * chunk + tf.range(chunk), n - 1)
-                outputs = engine.forward(tuple(tf.gather(x, rows) for x in xs_t))
+                outputs = engine.forward(tuple(tf.gather(x, rows) for x in xs_t), layout)
                 score = select_scores(outputs, tf.gather(target, rows), target_fn)
                 return i + 1, ta.write(i, score)
 
-            ta = tf.TensorArray(F32, size=n_chunks, element_shape=(chunk,))
+            ta = tf.TensorArray(F32, size=n_chunks, element_shape=(None,), infer_shape=False)
             _, ta = tf.while_loop(lambda i, _: i < n_chunks, step, (tf.constant(0), ta))
             return ta.concat()[:n]
 
-        signature = (tuple(spec_for(a) for a in xs), tf.TensorSpec((None,), tf.int32))
+        signature = (
+            tuple(spec_for(a) for a in xs),
+            tf.TensorSpec((None,), tf.int32),
+            tf.TensorSpec((), tf.int32),
+        )
         fn = tf.function(body, input_signature=signature)
         self._fns[key] = fn
         return fn
 
-    def scores(self, xs, target: TargetSpec, chunk=None):
+    def scores(self, xs, target: TargetSpec, chunk=None, layout=None):
+        """Target score `(N,)` float32 of every row of the flat inputs `xs`."""
         xs = tuple(np.asarray(x) for x in xs)
         n = xs[0].shape[0]
+        if layout is None:
+            layout = Layout("tuple" if len(xs) > 1 else "array", tuple(range(len(xs))),
+                            tuple(range(len(xs))))
         chunk = int(chunk or max(1, min(n, 256)))
-        fn = self._get(chunk, xs, target.fn)
-        args = [*(tf.constant(x) for x in xs), tf.constant(np.asarray(target.indices, np.int32))]
+        fn = self._get(xs, target.fn, layout)
+        args = [
+            *(tf.constant(x) for x in xs),
+            tf.constant(np.asarray(target.indices, np.int32)),
+            constant(max(1, min(chunk, n)), tf.int32),
+        ]
         return tf.nest.flatten(call_compiled(fn, args))[0].numpy()

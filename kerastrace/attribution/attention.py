@@ -1,40 +1,25 @@
-"""Attention-aware attribution for models with kerastrace attention layers."""
+"""Attention-aware attribution: attention x gradient and gradient-weighted rollout."""
 
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
+from kerastrace._utils import instrument
 from kerastrace._utils import validation as v
 from kerastrace._utils.types import Inputs, Target
 from kerastrace.attribution import _core
 from kerastrace.attribution._base import Attribution
-from kerastrace.layers import SelfAttention
-
-
-def _walk(layer, seen):
-    children = getattr(layer, "_layers", None) or []
-    try:
-        children = list(layer._flatten_layers(include_self=False, recursive=False))
-    except Exception:  # noqa: BLE001 - not a Keras layer with sublayers
-        pass
-    for child in children:
-        if id(child) in seen:
-            continue
-        seen.add(id(child))
-        yield child
-        yield from _walk(child, seen)
 
 
 def find_attention_layers(model) -> list:
-    """All `kerastrace.layers.SelfAttention` layers inside `model` (recursively)."""
-    if isinstance(model, SelfAttention):
-        return [model]
-    return [layer for layer in _walk(model, set()) if isinstance(layer, SelfAttention)]
+    """All attention layers inside `model` that kerastrace can read, depth first.
 
-
-def _path(layer):
-    return getattr(layer, "path", None) or layer.name
+    `kerastrace.layers.SelfAttention` (also inside `TransformerBlock`),
+    `keras.layers.MultiHeadAttention` and its subclasses, and keras-hub's
+    attention layers.
+    """
+    return list(instrument.attention_layers(model).values())
 
 
 class AttentionXGradient(Attribution):
@@ -72,136 +57,151 @@ class AttentionXGradient(Attribution):
 
     def __init__(self, model, layers=None):
         super().__init__(model)
-        found = find_attention_layers(model) if layers is None else list(layers)
-        if not found or not all(isinstance(layer, SelfAttention) for layer in found):
+        found = instrument.attention_layers(model)
+        if layers is not None:
+            chosen = {}
+            for spec in (layers if isinstance(layers, (list, tuple)) else [layers]):
+                path, layer = instrument.resolve_layer(model, spec, "layers")
+                if instrument.attention_family(layer) is None:
+                    raise ValueError(
+                        "Received an invalid value for argument `layers`: "
+                        f"{path!r} ({type(layer).__name__}) is not an attention layer. "
+                        f"Attention layers: {list(found)}. Received: layers={layers!r}"
+                    )
+                chosen[path] = layer
+            found = chosen
+        if not found:
             raise ValueError(
-                "Received an invalid value for argument `layers`: expected kerastrace "
-                "SelfAttention layers (e.g. inside TransformerBlocks), found none. "
-                f"Received: layers={layers!r}"
+                "Received an invalid value for argument `model`: it has no attention layer "
+                "kerastrace can read (kerastrace SelfAttention/TransformerBlock, "
+                "keras.layers.MultiHeadAttention or a keras-hub attention layer). Received: "
+                f"model={getattr(model, 'name', model)!r}"
             )
         self.layers = found
         self.trace_count = 0
         self._fns = {}
-        self._names_for = {}
+        self._sites_for = {}
 
-    def _get(self, xs, target_fn):
-        key = (tuple((x.shape[1:], x.dtype.str) for x in xs), id(target_fn))
+    def _get(self, flat, target_fn, layout):
+        key = (tuple((x.shape[1:], x.dtype.str) for x in flat), id(target_fn), layout)
         fn = self._fns.get(key)
         if fn is not None:
-            return fn
+            return fn, key
 
-        def body(xs_t, target):
+        def body(flat_t, target):
             self.trace_count += 1
-            probes, weights, owners = [], [], []
-            originals = {}
+            probes, weights = [], []
             with tf.GradientTape() as tape:
-                for layer in self.layers:
-                    original = layer._attend
-                    originals[id(layer)] = (layer, "_attend" in layer.__dict__, original)
 
-                    def patched(q, k, val, attn_mask, training, _orig=original, _layer=layer):
-                        context, w = _orig(q, k, val, attn_mask, training)
-                        probe = tf.zeros_like(w)
-                        tape.watch(probe)
-                        probes.append(probe)
-                        weights.append(w)
-                        owners.append(_layer)
-                        return context + tf.matmul(tf.cast(probe, val.dtype), val), w + probe
+                def hook(site, w):
+                    probe = tf.zeros_like(w)
+                    tape.watch(probe)
+                    probes.append(probe)
+                    weights.append(w)
+                    return probe
 
-                    object.__setattr__(layer, "_attend", patched)
-                try:
-                    outputs = self._forward(tuple(xs_t))
+                with instrument.attention_seams(self.layers, hook) as sites:
+                    outputs = self._forward(tuple(flat_t), layout)
                     score = _core.select_scores(outputs, target, target_fn)
-                finally:
-                    for layer, had, original in originals.values():
-                        if had:
-                            object.__setattr__(layer, "_attend", original)
-                        else:
-                            del layer.__dict__["_attend"]
             if not probes:
                 raise ValueError(
                     "Received an invalid value for argument `model`: none of its attention "
-                    "layers was called in the forward pass."
+                    f"layers ({list(self.layers)}) was called in the forward pass."
                 )
             grads = tape.gradient(score, probes)
             grads = [tf.zeros_like(p) if g is None else g for g, p in zip(grads, probes)]
-            names = []
-            for layer in owners:
-                name = _path(layer)
-                while name in names:
-                    name += "#2"
-                names.append(name)
-            self._names_for[key] = names
+            self._sites_for[key] = list(sites)
             return tuple(weights), tuple(grads)
 
         fn = tf.function(
             body,
             input_signature=(
-                tuple(_core.spec_for(x) for x in xs),
+                tuple(_core.spec_for(x) for x in flat),
                 tf.TensorSpec((None,), tf.int32),
             ),
         )
         self._fns[key] = fn
-        return fn
+        return fn, key
 
     def weights_and_gradients(
         self, inputs: Inputs, target: Target = None, internal_batch_size: int | None = None
     ) -> dict:
-        """Return `{layer_path: (weights, gradients)}`, each `(B, H, T, T)` float32.
+        """Return `{site: (weights, gradients)}`, each `(B, H, T_query, T_key)` float32.
+
+        Keys are layer paths (`"path:1"` for a layer's second call), in call
+        order; the returned dict's `.sites` (see `kerastrace.attention.AttentionMaps`)
+        says which are self- or cross-attention.
 
         Args:
-            inputs: Model inputs (token ids allowed), `(B, ...)` or a tuple.
+            inputs: Model inputs (token ids allowed): an array, a tuple or a
+                dict (keras-hub models).
             target: int, one int per example, or a callable score.
             internal_batch_size: Examples per model call (default: all).
         """
-        xs, _ = _core.normalize_inputs(inputs)
-        _core.check_finite(xs, names=self._names)
-        tgt = self._target(target, xs)
-        batch = xs[0].shape[0]
+        from kerastrace.attention import AttentionMaps
+
+        flat, layout = _core.normalize_inputs(inputs)
+        _core.check_finite(flat, names=self._names, layout=layout)
+        layout = layout.with_diff(())
+        tgt = self._target(target, flat, layout)
+        batch = flat[0].shape[0]
         chunk = v.check_optional_positive_int("internal_batch_size", internal_batch_size) or batch
-        fn = self._get(xs, tgt.fn)
+        fn, key = self._get(flat, tgt.fn, layout)
         parts_w, parts_g = [], []
         for start in range(0, batch, chunk):
             idx = np.minimum(np.arange(start, start + chunk), batch - 1)  # padded chunk
             n_valid = min(chunk, batch - start)
-            w, g = fn(tuple(x[idx] for x in xs), tgt.indices[idx])
+            w, g = fn(tuple(x[idx] for x in flat), tgt.indices[idx])
             parts_w.append([t.numpy()[:n_valid] for t in w])
             parts_g.append([t.numpy()[:n_valid] for t in g])
-        key = (tuple((x.shape[1:], x.dtype.str) for x in xs), id(tgt.fn))
-        names = self._names_for[key]
-        return {
-            name: (
+        sites = self._sites_for[key]
+        out = AttentionMaps()
+        for i, site in enumerate(sites):
+            out[site.name] = (
                 np.concatenate([p[i] for p in parts_w], axis=0),
                 np.concatenate([p[i] for p in parts_g], axis=0),
             )
-            for i, name in enumerate(names)
-        }
+            out.sites[site.name] = site
+        return out
 
     def attribute(
         self, inputs: Inputs, target: Target = None, internal_batch_size: int | None = None
     ) -> dict:
-        """Return `{layer_path: A * dS/dA}` with arrays of shape `(B, H, T, T)`.
+        """Return `{site: A * dS/dA}` with arrays of shape `(B, H, T_query, T_key)`.
 
         Args:
-            inputs: Model inputs (token ids allowed).
+            inputs: Model inputs (token ids allowed; dicts for keras-hub models).
             target: int, one int per example, or a callable score; required
                 when the output has more than one element per example.
             internal_batch_size: Examples per model call.
 
         Returns:
-            A dict in forward order, one `(B, num_heads, T, T)` array per layer call.
+            An `AttentionMaps` dict in forward order, one array per layer call.
         """
+        from kerastrace.attention import AttentionMaps
+
         wg = self.weights_and_gradients(inputs, target, internal_batch_size)
-        return {name: w * g for name, (w, g) in wg.items()}
+        return AttentionMaps({name: w * g for name, (w, g) in wg.items()}, wg.sites)
+
+
+def default_mask(inputs):
+    """`(B, T)` real-token mask from keras-hub dict inputs (`padding_mask`), else None."""
+    if isinstance(inputs, dict) and "padding_mask" in inputs:
+        m = inputs["padding_mask"]
+        return np.asarray(m.numpy() if hasattr(m, "numpy") else m).astype(bool)
+    return None
 
 
 class GradientWeightedRollout(AttentionXGradient):
     """Gradient-weighted attention rollout (Chefer et al., 2021).
 
-    With `Abar_l = mean_heads(relu(dS/dA_l * A_l))` for each attention layer
-    in forward order, the relevance matrix is `R = I` updated by
-    `R <- R + Abar_l @ R`; `R[b, i, j]` is the relevance of token `j` for
-    the representation of token `i`.
+    With `Abar_l = mean_heads(relu(dS/dA_l * A_l))` for each self-attention
+    layer of one stack in forward order, the relevance matrix is `R = I`
+    updated by `R <- R + Abar_l @ R`; `R[b, i, j]` is the relevance of token
+    `j` for the representation of token `i`. Works on kerastrace layers,
+    `keras.layers.MultiHeadAttention` and keras-hub models. Encoder-decoder
+    models have several stacks (`"encoder"`, `"decoder"`); choose one with
+    `stack=` (cross-attention is never chained).
 
     Example:
 
@@ -216,7 +216,7 @@ class GradientWeightedRollout(AttentionXGradient):
     >>> rollout = GradientWeightedRollout(model)
     >>> rollout.attribute_matrix(np.ones((2, 5, 8), "float32")).shape
     (2, 5, 5)
-    >>> rollout.attribute(np.ones((2, 5, 8), "float32"), query_index=0).shape
+    >>> rollout.attribute(np.ones((2, 5, 8), "float32"), query=0).shape
     (2, 5)
 
     References:
@@ -225,13 +225,32 @@ class GradientWeightedRollout(AttentionXGradient):
           Transformers](https://arxiv.org/abs/2005.00928)
     """
 
-    def attribute_matrix(
-        self, inputs: Inputs, target: Target = None, internal_batch_size: int | None = None
-    ) -> np.ndarray:
-        """Return the relevance matrix `R` of shape `(B, T, T)`."""
+    def _chain(self, inputs, target, internal_batch_size, stack):
         wg = self.weights_and_gradients(inputs, target, internal_batch_size)
+        stacks = wg.stacks
+        if stack is None:
+            if len(stacks) > 1:
+                raise ValueError(
+                    "Received an invalid value for argument `stack`: the model has several "
+                    f"attention stacks ({ {k: len(x) for k, x in stacks.items()} }); "
+                    "rollout chains self-attention over one token axis. Pass "
+                    "stack='encoder' or stack='decoder'. Received: stack=None"
+                )
+            stack = next(iter(stacks))
+        if stack not in stacks or stack == "cross":
+            raise v.invalid("stack", f"one of {sorted(k for k in stacks if k != 'cross')}", stack)
+        return [wg[k] for k in stacks[stack]]
+
+    def attribute_matrix(
+        self,
+        inputs: Inputs,
+        target: Target = None,
+        internal_batch_size: int | None = None,
+        stack: str | None = None,
+    ) -> np.ndarray:
+        """Return the relevance matrix `R` of shape `(B, T, T)` of one attention stack."""
         rel = None
-        for w, g in wg.values():
+        for w, g in self._chain(inputs, target, internal_batch_size, stack):
             abar = np.maximum(w * g, 0.0).mean(axis=1)  # (B, T, T)
             if rel is None:
                 rel = np.broadcast_to(np.eye(abar.shape[-1], dtype=np.float32), abar.shape)
@@ -242,27 +261,47 @@ class GradientWeightedRollout(AttentionXGradient):
         self,
         inputs: Inputs,
         target: Target = None,
-        query_index: int | None = None,
+        query="auto",
         internal_batch_size: int | None = None,
+        *,
+        mask=None,
+        stack: str | None = None,
+        query_index: int | None = None,
     ) -> np.ndarray:
-        """Per-token relevance `(B, T)`.
+        """Per-token relevance `(B, T)`: the row of `R` of the position the model reads.
 
         Args:
-            inputs: Model inputs (token ids allowed).
+            inputs: Model inputs (token ids allowed; dicts for keras-hub models).
             target: As in `AttentionXGradient.attribute`.
-            query_index: Row of `R` to return (e.g. 0 for a `[CLS]` token);
-                default: the mean over all query rows (mean-pooling models).
+            query: Which row of `R` (see `kerastrace.attention.query_scores`):
+                `"cls"` (first real token), `"last"` (last real token),
+                `"mean"` (mean over real tokens), an int, or `"auto"`
+                (default): `"last"` when the attention is causal, `"mean"`
+                when the model mean-pools (`GlobalAveragePooling1D`), else
+                `"cls"`.
             internal_batch_size: Examples per model call.
+            mask: `(B, T)` boolean array, True on real tokens; default: the
+                `padding_mask` of keras-hub dict inputs, else all real.
+            stack: The attention stack for encoder-decoder models.
+            query_index: Deprecated alias of an int `query`.
 
         Returns:
-            Array `(B, T)`.
+            Array `(B, T)`, 0 on masked positions.
         """
-        rel = self.attribute_matrix(inputs, target, internal_batch_size)
-        if query_index is None:
-            return rel.mean(axis=1)
-        if not isinstance(query_index, int) or not -rel.shape[1] <= query_index < rel.shape[1]:
-            raise v.invalid("query_index", f"an int in [0, {rel.shape[1]})", query_index)
-        return rel[:, query_index]
+        from kerastrace.attention._analysis import query_scores, resolve_query
+
+        if query_index is not None:
+            query = query_index
+        chain = self._chain(inputs, target, internal_batch_size, stack)
+        rel = None
+        for w, g in chain:
+            abar = np.maximum(w * g, 0.0).mean(axis=1)
+            if rel is None:
+                rel = np.broadcast_to(np.eye(abar.shape[-1], dtype=np.float32), abar.shape)
+            rel = rel + abar @ rel
+        causal = all(np.abs(np.triu(w, 1)).max() == 0 for w, _ in chain) and rel.shape[-1] > 1
+        query = resolve_query(query, causal, instrument.has_mean_pooling(self.model))
+        return query_scores(rel, query, default_mask(inputs) if mask is None else mask)
 
 
 __all__ = ["AttentionXGradient", "GradientWeightedRollout", "find_attention_layers"]

@@ -61,6 +61,7 @@ class GradientShap(GradientAttribution):
         internal_batch_size: int | None = None,
         return_convergence_delta: bool = False,
         seed: int | None = None,
+        additional_forward_args=None,
     ):
         """Compute GradientShap attributions.
 
@@ -76,6 +77,9 @@ class GradientShap(GradientAttribution):
             return_convergence_delta: Also return per example
                 `sum(attr) - mean_s (f(x_noisy_s) - f(b_s))`.
             seed: Seed for baselines, noise and path points.
+            additional_forward_args: Model inputs passed through unchanged
+                (see `IntegratedGradients.attribute`). For dict inputs,
+                `baselines` is a dict of reference arrays by key.
 
         Returns:
             Attributions of the inputs' shape, or `(attributions, delta)`.
@@ -87,8 +91,14 @@ class GradientShap(GradientAttribution):
         n = v.check_positive_int("n_samples", n_samples)
         self._check_delta_request(return_convergence_delta)
         chunk = self._batch_size(internal_batch_size)
-        xs, is_tuple = self._prepare(inputs)
+        xs, ctx, layout = self._prepare(inputs, additional_forward_args=additional_forward_args)
         sds = _stdevs(stdevs, len(xs))
+        if isinstance(baselines, dict):
+            keys = [layout.keys[i] for i in layout.diff]
+            if layout.kind != "dict" or sorted(map(str, baselines)) != sorted(map(str, keys)):
+                raise v.invalid("baselines", f"a dict of reference arrays for keys {keys}",
+                                baselines)
+            baselines = tuple(baselines[k] for k in keys)
         refs = baselines if isinstance(baselines, (tuple, list)) else (baselines,)
         if len(refs) != len(xs):
             raise v.invalid("baselines", f"one reference array per input ({len(xs)})", baselines)
@@ -104,7 +114,7 @@ class GradientShap(GradientAttribution):
                     f"for every input. Received: baselines with shape {r.shape}"
                 )
         _core.check_finite(refs, name="baselines")
-        tgt = self._target(target, xs)
+        tgt = self._target(target, layout.merge(xs, ctx), layout)
         rng = np.random.default_rng(seed)
         batch = xs[0].shape[0]
         g = batch * n
@@ -117,20 +127,23 @@ class GradientShap(GradientAttribution):
                 rep = rep + rng.normal(0.0, sd, size=rep.shape).astype(np.float32)
             noisy.append(rep)
         bases = tuple(r[pick] for r in refs)
+        rep_ctx = tuple(np.repeat(c, n, axis=0) for c in ctx)
         rep_t = tgt.repeat(n)
         mode = _core.MODE_X_MINUS_BASE if self.multiplies_by_inputs else _core.MODE_GRAD
         plan = _core.Plan(
             tuple(noisy), bases, rep_t, alphas, np.ones_like(alphas), (mode,) * len(xs),
-            internal_batch_size=chunk,
+            internal_batch_size=chunk, ctx=rep_ctx, layout=layout,
         )
         per_sample = self._execute(plan)  # one attribution per (example, sample)
         attrs = tuple(
             a.reshape(batch, n, *a.shape[1:]).mean(axis=1).astype(np.float32) for a in per_sample
         )
-        out = _core.restore(attrs, is_tuple)
+        out = _core.restore(attrs, layout)
         if not return_convergence_delta:
             return out
-        diff = self._scores(tuple(noisy), rep_t).astype(np.float64) - self._scores(bases, rep_t)
+        f_x = self._scores(layout.merge(noisy, rep_ctx), rep_t, layout=layout)
+        f_b = self._scores(layout.merge(bases, rep_ctx), rep_t, layout=layout)
+        diff = f_x.astype(np.float64) - f_b
         total = sum(a.reshape(batch, -1).sum(axis=1).astype(np.float64) for a in attrs)
         delta = total - diff.reshape(batch, n).mean(axis=1)
         return out, delta.astype(np.float32)

@@ -115,6 +115,7 @@ class IntegratedGradients(GradientAttribution):
         method: str = "gausslegendre",
         internal_batch_size: int | None = None,
         return_convergence_delta: bool = False,
+        additional_forward_args=None,
     ):
         """Compute Integrated Gradients.
 
@@ -132,6 +133,10 @@ class IntegratedGradients(GradientAttribution):
                 `n_steps * B` points in one call.
             return_convergence_delta: Also return, per example,
                 `sum(attributions) - (f(inputs) - f(baselines))`.
+            additional_forward_args: Model inputs passed through unchanged
+                (not attributed): a dict merged into dict inputs, or arrays
+                appended to array/tuple inputs. Integer entries of dict
+                inputs (e.g. a `padding_mask`) pass through on their own.
 
         Returns:
             Attributions with the inputs' structure and shapes, or
@@ -143,18 +148,21 @@ class IntegratedGradients(GradientAttribution):
                 non-finite inputs, or an input the output does not depend on.
         """
         self._check_delta_request(return_convergence_delta)
-        plan, is_tuple = self._plan(
+        plan, layout = self._plan(
             inputs,
             baselines=baselines,
             target=target,
             n_steps=n_steps,
             method=method,
             internal_batch_size=internal_batch_size,
+            additional_forward_args=additional_forward_args,
         )
         attrs = self._execute(plan)
-        out = _core.restore(attrs, is_tuple)
+        out = _core.restore(attrs, layout)
         if return_convergence_delta:
-            delta = self.compute_convergence_delta(attrs, plan.bases, plan.xs, plan.target)
+            delta = self.compute_convergence_delta(
+                attrs, plan.bases, plan.xs, plan.target, plan.ctx, layout
+            )
             return out, delta
         return out
 
@@ -166,15 +174,16 @@ class IntegratedGradients(GradientAttribution):
         n_steps=50,
         method="gausslegendre",
         internal_batch_size=None,
+        additional_forward_args=None,
     ):
         alphas, weights = path_parameters(method, n_steps)
         chunk = self._batch_size(internal_batch_size)
-        xs, is_tuple = self._prepare(inputs)
-        bases = _core.broadcast_baselines(baselines, xs)
-        tgt = self._target(target, xs)
+        xs, ctx, layout = self._prepare(inputs, additional_forward_args=additional_forward_args)
+        bases = _core.broadcast_baselines(baselines, xs, layout=layout)
+        tgt = self._target(target, layout.merge(xs, ctx), layout)
         mode = _core.MODE_X_MINUS_BASE if self.multiplies_by_inputs else _core.MODE_GRAD
         plan = _core.Plan(
             xs, bases, tgt, alphas, weights, (mode,) * len(xs),
-            internal_batch_size=chunk,
+            internal_batch_size=chunk, ctx=ctx, layout=layout,
         )
-        return plan, is_tuple
+        return plan, layout

@@ -2,51 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-
-import keras
 import numpy as np
 import tensorflow as tf
 
+from kerastrace._utils import instrument
 from kerastrace._utils import validation as v
 from kerastrace._utils.types import Inputs, Target
 from kerastrace.attribution import _core
 from kerastrace.attribution._base import GradientAttribution
 from kerastrace.attribution.integrated_gradients import path_parameters
-
-
-@contextlib.contextmanager
-def patch_call(layer, fn):
-    """Temporarily replace `layer.call` by `fn(original_call, *args, **kwargs)`.
-
-    The patch lives on the instance only and is removed on exit, so the
-    model is unchanged afterwards. Used while tracing, so the compiled graph
-    keeps the replaced computation without patching at run time.
-    """
-    had = "call" in layer.__dict__
-    original = layer.call
-
-    def patched(*args, **kwargs):
-        return fn(original, *args, **kwargs)
-
-    object.__setattr__(layer, "call", patched)
-    try:
-        yield
-    finally:
-        if had:
-            object.__setattr__(layer, "call", original)
-        else:
-            del layer.__dict__["call"]
-
-
-def _first(value):
-    return value[0] if isinstance(value, (tuple, list)) else value
-
-
-def _replace_first(value, new):
-    if isinstance(value, (tuple, list)):
-        return type(value)([new, *value[1:]])
-    return new
 
 
 def token_scores(attributions, reduce: str = "sum", axis: int = -1) -> np.ndarray:
@@ -73,96 +37,115 @@ def token_scores(attributions, reduce: str = "sum", axis: int = -1) -> np.ndarra
     return a.sum(axis=axis) if reduce == "sum" else np.sqrt((a * a).sum(axis=axis))
 
 
+#: Layer attributions come back as one array (the layer activation's shape).
+_ARRAY = _core.Layout("array", (0,), (0,))
+
+
 class _LayerAttribution(GradientAttribution):
-    def __init__(self, model, layer, multiply_by_inputs=True):
+    """Attribution to one call of an inner layer (see `LayerIntegratedGradients`).
+
+    The layer's output (or input) of call `layer_call` in the forward pass is
+    read and replaced through `kerastrace._utils.instrument`; its other calls
+    (e.g. a tied embedding used again as the output head, keras-hub's
+    `ReversibleEmbedding(reverse=True)`) run unchanged.
+    """
+
+    def __init__(self, model, layer, multiply_by_inputs=True, layer_call=0):
         super().__init__(model)
-        if isinstance(layer, str):
-            if not isinstance(model, keras.Model):
-                raise TypeError(
-                    "Received an invalid value for argument `layer`: a layer name needs a "
-                    f"Keras model. Received: layer={layer!r}"
-                )
-            layer = model.get_layer(layer)
-        if not isinstance(layer, keras.layers.Layer):
+        if isinstance(layer, str) and not hasattr(model, "layers"):
+            raise TypeError(
+                "Received an invalid value for argument `layer`: a layer name needs a "
+                f"Keras model. Received: layer={layer!r}"
+            )
+        if not isinstance(layer, str) and not hasattr(layer, "call"):
             raise TypeError(
                 "Received an invalid value for argument `layer`, expected a Keras layer of the "
-                f"model or its name. Received: layer={layer!r}"
+                f"model, its path or its name. Received: layer={layer!r}"
             )
-        self.layer = layer
+        self.layer_path, self.layer = instrument.resolve_layer(model, layer)
+        self.layer_call = v.check_non_negative_int("layer_call", layer_call)
         self.multiplies_by_inputs = v.check_bool("multiply_by_inputs", multiply_by_inputs)
         self._to_input = False
         self._captures = {}
-        label = f"the {{}} of layer {layer.name!r}"
-        self._label = label
+        site = instrument.site_name(self.layer_path, self.layer_call)
+        label = f"the {{}} of layer {site!r}"
         # One pair of compiled engines per mode (layer output / layer input).
         self._engines = {
             mode: (
                 _core.GradientEngine(
                     self._injected_forward, [label.format("input" if mode else "output")]
                 ),
-                _core.ForwardEngine(lambda xs: self._injected_forward(xs[:1], xs[1:])),
+                _core.ForwardEngine(
+                    lambda flat, layout: self._injected_forward(flat[:1], flat[1:], layout)
+                ),
             )
             for mode in (False, True)
         }
         self.engine, self.injected_engine = self._engines[False]
 
+    @property
+    def _what(self):
+        return "input" if self._to_input else "output"
+
     # -- forward with the layer's output (or input) replaced by a given tensor
-    def _injected_forward(self, diff, ctx):
-        value = diff[0]
-        to_input = self._to_input
+    def _injected_forward(self, diff, ctx, layout):
+        with instrument.replace(self.layer, diff[0], self.layer_call, self._what) as state:
+            outputs = self._forward(layout.merge((), ctx), layout)
+        state.check(self.layer_path)
+        return outputs
 
-        def fn(original, *args, **kwargs):
-            if to_input:
-                new = tf.cast(value, _first(args).dtype) if args else value
-                return original(new, *args[1:], **kwargs)
-            out = original(*args, **kwargs)
-            return _replace_first(out, tf.cast(value, _first(out).dtype))
-
-        with patch_call(self.layer, fn):
-            return self._forward(tuple(ctx))
-
-    def _capture(self, xs, chunk):
-        key = (tuple((x.shape[1:], x.dtype.str) for x in xs), self._to_input)
+    def _capture(self, flat, layout, chunk):
+        key = (tuple((x.shape[1:], x.dtype.str) for x in flat), layout, self._to_input)
         fn = self._captures.get(key)
         if fn is None:
-            to_input = self._to_input
+            what = self._what
 
             def body(*inputs):
-                seen = []
+                with instrument.capture(self.layer, self.layer_call, what) as state:
+                    self._forward(inputs, layout)
+                state.check(self.layer_path)
+                return tf.cast(state.values[0], tf.float32)
 
-                def record(original, *args, **kwargs):
-                    out = original(*args, **kwargs)
-                    seen.append(_first(args) if to_input else _first(out))
-                    return out
-
-                with patch_call(self.layer, record):
-                    self._forward(tuple(inputs))
-                if not seen:
-                    raise ValueError(
-                        f"Received an invalid value for argument `layer`: layer "
-                        f"{self.layer.name!r} is not called by the model's forward pass."
-                    )
-                return tf.cast(seen[0], tf.float32)
-
-            fn = tf.function(body, input_signature=[_core.spec_for(x) for x in xs])
+            fn = tf.function(body, input_signature=[_core.spec_for(x) for x in flat])
             self._captures[key] = fn
-        n = xs[0].shape[0]
-        parts = [fn(*(x[i : i + chunk] for x in xs)).numpy() for i in range(0, n, chunk)]
+        n = flat[0].shape[0]
+        parts = [fn(*(x[i : i + chunk] for x in flat)).numpy() for i in range(0, n, chunk)]
         return np.concatenate(parts, axis=0)
+
+    def _baseline_inputs(self, baselines, flat, layout):
+        """Baseline model inputs: the same structure as the inputs.
+
+        For dict inputs, a dict replaces the given entries (the others keep
+        their input values, e.g. keras-hub's `padding_mask`), and a scalar or
+        array is the baseline of the `token_ids` entry.
+        """
+        if layout.kind == "dict":
+            if not isinstance(baselines, dict):
+                if "token_ids" not in layout.keys:
+                    raise ValueError(
+                        "Received an invalid value for argument `baselines`: with dict "
+                        "inputs, give a dict of baselines by key (entries left out keep "
+                        f"their input values); keys: {list(layout.keys)}. "
+                        f"Received: baselines={baselines!r}"
+                    )
+                baselines = {"token_ids": 0 if baselines is None else baselines}
+            full = layout.with_diff(range(len(layout.keys)))
+            bases = _core.broadcast_baselines(baselines, flat, dtype=None, layout=full)
+        else:
+            bases = _core.broadcast_baselines(baselines, flat, dtype=None)
+        return tuple(np.asarray(b).astype(x.dtype) for b, x in zip(bases, flat))
 
     def _setup(self, inputs, baselines, target, attribute_to_layer_input):
         self._to_input = v.check_bool("attribute_to_layer_input", attribute_to_layer_input)
         self.engine, self.injected_engine = self._engines[self._to_input]
-        xs, is_tuple = _core.normalize_inputs(inputs)
-        _core.check_finite(xs, names=self._names)
-        tgt = self._target(target, xs)
+        flat, layout = _core.normalize_inputs(inputs)
+        _core.check_finite(flat, names=self._names, layout=layout)
+        layout = layout.with_diff(())  # every model input passes through unchanged
+        tgt = self._target(target, flat, layout)
         bases = None
         if baselines is not False:
-            bases = tuple(
-                b.astype(x.dtype)
-                for b, x in zip(_core.broadcast_baselines(baselines, xs, dtype=None), xs)
-            )
-        return xs, is_tuple, tgt, bases
+            bases = self._baseline_inputs(baselines, flat, layout)
+        return flat, layout, tgt, bases
 
 
 class LayerIntegratedGradients(_LayerAttribution):
@@ -180,8 +163,21 @@ class LayerIntegratedGradients(_LayerAttribution):
 
     Args:
         model: A Keras model (functional, Sequential or subclassed).
-        layer: The layer, or its name.
+        layer: The layer, its path (e.g. `"gpt2_backbone/token_embedding"`) or
+            its name.
         multiply_by_inputs: Multiply by `activation - baseline_activation`.
+        layer_call: Which call of the layer in the forward pass (0-based;
+            default 0, the first, which for an embedding is the call on the
+            model's token ids). A layer called again later, such as a tied
+            embedding used as the output head (keras-hub's
+            `ReversibleEmbedding(reverse=True)` in `GPT2CausalLM`), keeps its
+            other calls untouched: only this call's activation is replaced.
+
+    Inputs may be an array, a tuple or a dict (keras-hub models:
+    `{"token_ids", "padding_mask", ...}`); every entry reaches the model
+    unchanged, only the layer's activation follows the path. For dict inputs,
+    `baselines` is a dict by key (entries left out keep their input values)
+    or a value for `token_ids`.
 
     Example:
 
@@ -252,9 +248,9 @@ class LayerIntegratedGradients(_LayerAttribution):
         (attr,) = self._execute(plan)
         if not return_convergence_delta:
             return attr
-        (act_x,), (act_b,), xs, tgt = plan.xs, plan.bases, plan.ctx, plan.target
-        f_x = self.injected_engine.scores((act_x, *xs), tgt)
-        f_b = self.injected_engine.scores((act_b, *xs), tgt)
+        (act_x,), (act_b,), flat, tgt = plan.xs, plan.bases, plan.ctx, plan.target
+        f_x = self.injected_engine.scores((act_x, *flat), tgt, layout=plan.layout)
+        f_b = self.injected_engine.scores((act_b, *flat), tgt, layout=plan.layout)
         total = attr.reshape(attr.shape[0], -1).astype(np.float64).sum(axis=1)
         return attr, (total - (f_x.astype(np.float64) - f_b)).astype(np.float32)
 
@@ -270,16 +266,18 @@ class LayerIntegratedGradients(_LayerAttribution):
     ):
         alphas, weights = path_parameters(method, n_steps)
         chunk = self._batch_size(internal_batch_size)
-        xs, is_tuple, tgt, bases = self._setup(inputs, baselines, target, attribute_to_layer_input)
-        cap = chunk or xs[0].shape[0]
-        act_x = self._capture(xs, cap)
-        act_b = self._capture(bases, cap)
+        flat, layout, tgt, bases = self._setup(
+            inputs, baselines, target, attribute_to_layer_input
+        )
+        cap = chunk or flat[0].shape[0]
+        act_x = self._capture(flat, layout, cap)
+        act_b = self._capture(bases, layout, cap)
         mode = _core.MODE_X_MINUS_BASE if self.multiplies_by_inputs else _core.MODE_GRAD
         plan = _core.Plan(
             (act_x,), (act_b,), tgt, alphas, weights, (mode,),
-            internal_batch_size=chunk, ctx=xs,
+            internal_batch_size=chunk, ctx=flat, layout=layout,
         )
-        return plan, is_tuple
+        return plan, _ARRAY
 
 
 class LayerGradientXActivation(_LayerAttribution):
@@ -287,8 +285,9 @@ class LayerGradientXActivation(_LayerAttribution):
 
     Args:
         model: A Keras model.
-        layer: The layer, or its name.
+        layer: The layer, its path or its name.
         multiply_by_inputs: If False, return the layer gradient only.
+        layer_call: Which call of the layer (see `LayerIntegratedGradients`).
 
     Example:
 
@@ -334,7 +333,10 @@ class LayerGradientXActivation(_LayerAttribution):
 
     def _plan(self, inputs, target=None, internal_batch_size=None, attribute_to_layer_input=False):
         chunk = self._batch_size(internal_batch_size)
-        xs, is_tuple, tgt, _ = self._setup(inputs, False, target, attribute_to_layer_input)
-        act = self._capture(xs, chunk or xs[0].shape[0])
+        flat, layout, tgt, _ = self._setup(inputs, False, target, attribute_to_layer_input)
+        act = self._capture(flat, layout, chunk or flat[0].shape[0])
         mode = _core.MODE_X if self.multiplies_by_inputs else _core.MODE_GRAD
-        return _core.gradient_plan((act,), tgt, (mode,), internal_batch_size=chunk, ctx=xs), is_tuple
+        plan = _core.gradient_plan(
+            (act,), tgt, (mode,), internal_batch_size=chunk, ctx=flat, layout=layout
+        )
+        return plan, _ARRAY

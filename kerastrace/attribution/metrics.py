@@ -3,9 +3,7 @@ deletion/insertion (AOPC) curves and the model-parameter randomization check.
 
 Example:
 
->>> import weakref
-
-import numpy as np, keras
+>>> import numpy as np, keras
 >>> from kerastrace.attribution import IntegratedGradients, Saliency, metrics
 >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
 >>> x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
@@ -45,9 +43,15 @@ __all__ = [
 class _Scorer(Attribution):
     """Compiled, chunked forward scores of a model (shared machinery)."""
 
-    def __call__(self, xs, target, chunk=None):
-        tgt = self._target(target, xs) if not isinstance(target, _core.TargetSpec) else target
-        return self._scores(xs, tgt, chunk).astype(np.float64)
+    def __call__(self, flat, target, chunk=None, layout=None):
+        flat = tuple(flat)
+        if layout is None:
+            n = len(flat)
+            layout = _core.Layout("tuple" if n > 1 else "array", tuple(range(n)), tuple(range(n)))
+        tgt = target
+        if not isinstance(target, _core.TargetSpec):
+            tgt = self._target(target, flat, layout)
+        return self._scores(flat, tgt, chunk, layout).astype(np.float64)
 
 
 _SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -68,8 +72,26 @@ def _scorer_for(model) -> _Scorer:
         return _Scorer(model)
 
 
-def _tuple(a, is_tuple):
-    return tuple(np.asarray(t) for t in a) if is_tuple else (np.asarray(a),)
+def _tuple(a, layout):
+    """Attributions (array, tuple or dict) as a tuple in the layout's attributed order."""
+    if isinstance(a, dict):
+        return tuple(np.asarray(a[layout.keys[i]]) for i in layout.diff)
+    if isinstance(a, (tuple, list)) and (layout.result == "tuple" or len(layout.diff) > 1):
+        return tuple(np.asarray(t) for t in a)
+    return (np.asarray(a),)
+
+
+def _attributed_layout(flat, layout, attributions):
+    """For dict inputs, the attributed entries are the keys of the attributions."""
+    if layout.kind == "dict" and isinstance(attributions, dict):
+        unknown = [k for k in attributions if k not in layout.keys]
+        if unknown:
+            raise ValueError(
+                "Received an invalid value for argument `attributions`: keys "
+                f"{unknown} are not inputs. Received: keys {list(attributions)}"
+            )
+        return layout.with_diff(i for i, k in enumerate(layout.keys) if k in attributions)
+    return layout
 
 
 def convergence_delta(
@@ -88,14 +110,19 @@ def convergence_delta(
         Array `(B,)`; close to 0 for complete methods (IG, GradientShap in
         expectation, Layer IG).
     """
-    xs, is_tuple = _core.normalize_inputs(inputs)
-    attrs = _tuple(attributions, is_tuple)
+    flat, layout = _core.normalize_inputs(inputs)
+    layout = _attributed_layout(flat, layout, attributions)
+    xs, ctx = layout.split(flat)
+    attrs = _tuple(attributions, layout)
     bases = tuple(
-        b.astype(x.dtype) for b, x in zip(_core.broadcast_baselines(baselines, xs, dtype=None), xs)
+        b.astype(x.dtype)
+        for b, x in zip(_core.broadcast_baselines(baselines, xs, dtype=None, layout=layout), xs)
     )
     scorer = _scorer_for(model)
     total = sum(a.reshape(a.shape[0], -1).astype(np.float64).sum(axis=1) for a in attrs)
-    return (total - (scorer(xs, target) - scorer(bases, target))).astype(np.float32)
+    f_x = scorer(flat, target, layout=layout)
+    f_b = scorer(layout.merge(bases, ctx), target, layout=layout)
+    return (total - (f_x - f_b)).astype(np.float32)
 
 
 def _gaussian_perturb(std):
@@ -138,9 +165,9 @@ def infidelity(
         Array `(B,)`, lower is better.
     """
     n = v.check_positive_int("n_perturb_samples", n_perturb_samples)
-    xs, is_tuple = _core.normalize_inputs(inputs)
+    xs, layout = _core.normalize_inputs(inputs)
     xs = _core.check_float_inputs(xs, method="infidelity")
-    attrs = tuple(a.astype(np.float64) for a in _tuple(attributions, is_tuple))
+    attrs = tuple(a.astype(np.float64) for a in _tuple(attributions, layout))
     perturb = perturb_func or _gaussian_perturb(v.check_non_negative_float("noise_std", noise_std))
     rng = np.random.default_rng(seed)
     batch = xs[0].shape[0]
@@ -148,9 +175,9 @@ def infidelity(
     pert, perturbed = perturb(reps, rng)
     pert, perturbed = tuple(pert), tuple(np.asarray(p, np.float32) for p in perturbed)
     scorer = _scorer_for(model)
-    tgt = scorer._target(target, xs)
-    f_x = scorer(xs, tgt)
-    f_p = scorer(perturbed, tgt.repeat(n)).reshape(batch, n)
+    tgt = scorer._target(target, xs, layout)
+    f_x = scorer(xs, tgt, layout=layout)
+    f_p = scorer(perturbed, tgt.repeat(n), layout=layout).reshape(batch, n)
     dot = sum(
         (np.asarray(p, np.float64).reshape(batch, n, -1) * a.reshape(batch, 1, -1)).sum(-1)
         for p, a in zip(pert, attrs)
@@ -190,11 +217,11 @@ def sensitivity_max(
     """
     n = v.check_positive_int("n_perturb_samples", n_perturb_samples)
     r = v.check_non_negative_float("perturb_radius", perturb_radius)
-    xs, is_tuple = _core.normalize_inputs(inputs)
+    xs, layout = _core.normalize_inputs(inputs)
     xs = _core.check_float_inputs(xs, method="sensitivity_max")
     batch = xs[0].shape[0]
     rng = np.random.default_rng(seed)
-    base = _tuple(explanation_func(_core.restore(xs, is_tuple), **kwargs), is_tuple)
+    base = _tuple(explanation_func(_core.restore(xs, layout), **kwargs), layout)
     reps = tuple(
         np.repeat(x, n, axis=0) + rng.uniform(-r, r, size=(batch * n, *x.shape[1:])).astype(x.dtype)
         for x in xs
@@ -203,7 +230,7 @@ def sensitivity_max(
     t = kw.get("target")
     if t is not None and not callable(t) and np.ndim(t) == 1:
         kw["target"] = np.repeat(np.asarray(t), n)
-    pert = _tuple(explanation_func(_core.restore(reps, is_tuple), **kw), is_tuple)
+    pert = _tuple(explanation_func(_core.restore(reps, layout), **kw), layout)
     num = sum(
         ((p.reshape(batch, n, -1) - e.reshape(batch, 1, -1)) ** 2).sum(-1)
         for p, e in zip(pert, base)
@@ -233,13 +260,17 @@ class PerturbationCurve:
     auc: np.ndarray
 
 
-def _curve(kind, model, inputs, attributions, target, baselines, n_steps, internal_batch_size):
+def _curve(
+    kind, model, inputs, attributions, target, baselines, n_steps, internal_batch_size, mask
+):
     steps = v.check_positive_int("n_steps", n_steps)
-    xs, is_tuple = _core.normalize_inputs(inputs)
+    flat_in, layout = _core.normalize_inputs(inputs)
+    layout = _core.select_perturbed_inputs(flat_in, layout)
+    xs, ctx = layout.split(flat_in)
     if len(xs) != 1:
         raise ValueError(
-            "Received an invalid value for argument `inputs`: deletion/insertion curves take "
-            f"a single input. Received: {len(xs)} inputs"
+            "Received an invalid value for argument `inputs`: deletion/insertion curves "
+            f"perturb a single input. Received: {len(xs)} inputs to perturb"
         )
     x = xs[0]
     attr = np.asarray(attributions, np.float64)
@@ -249,27 +280,36 @@ def _curve(kind, model, inputs, attributions, target, baselines, n_steps, intern
             f"shape {x.shape} or a leading part of it (e.g. per-token scores (B, T)). "
             f"Received: attributions with shape {attr.shape}"
         )
+    rankable = np.ones(attr.shape, bool) if mask is None else np.asarray(mask, bool)
+    if rankable.shape != attr.shape:
+        raise ValueError(
+            "Received an invalid value for argument `mask`, expected a boolean array of the "
+            f"attributions' shape {attr.shape}. Received: mask with shape {rankable.shape}"
+        )
     (base,) = _core.broadcast_baselines(baselines, xs, dtype=None)
     base = base.astype(x.dtype)
     batch = x.shape[0]
-    flat = attr.reshape(batch, -1)
-    n_feat = flat.shape[1]
-    order = np.argsort(-flat, axis=1, kind="stable")  # most important first
-    counts = np.round(np.linspace(0, n_feat, steps + 1)).astype(int)
+    scores_flat = np.where(rankable, attr, -np.inf).reshape(batch, -1)
+    n_feat = scores_flat.shape[1]
+    n_rank = rankable.reshape(batch, -1).sum(axis=1)  # features that may be removed
+    order = np.argsort(-scores_flat, axis=1, kind="stable")  # most important first
+    fractions = np.linspace(0.0, 1.0, steps + 1)
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(n_feat)[None].repeat(batch, 0), axis=1)
     trail = x.shape[attr.ndim :]
     rows = []
-    for c in counts:
+    for f in fractions:
+        c = np.round(f * n_rank).astype(int)[:, None]  # per example
         sel = (rank < c).reshape(attr.shape + (1,) * len(trail))
         sel = np.broadcast_to(sel, x.shape)
         rows.append(np.where(sel, base, x) if kind == "deletion" else np.where(sel, x, base))
     stacked = np.concatenate(rows, axis=0)
+    rep_ctx = [np.tile(c, (steps + 1,) + (1,) * (c.ndim - 1)) for c in ctx]
     scorer = _scorer_for(model)
-    tgt = scorer._target(target, xs)
+    tgt = scorer._target(target, flat_in, layout)
     rep = _core.TargetSpec(np.tile(tgt.indices, steps + 1), tgt.fn)
-    scores = scorer((stacked,), rep, internal_batch_size).reshape(steps + 1, batch).T
-    fractions = counts / n_feat
+    scores = scorer(layout.merge([stacked], rep_ctx), rep, internal_batch_size, layout)
+    scores = scores.reshape(steps + 1, batch).T
     aopc = (scores[:, :1] - scores).mean(axis=1)
     auc = np.trapezoid(scores, fractions, axis=1)
     return PerturbationCurve(
@@ -289,6 +329,7 @@ def deletion_curve(
     baselines=None,
     n_steps: int = 10,
     internal_batch_size: int | None = None,
+    mask=None,
 ) -> PerturbationCurve:
     """Score as the most-attributed features are replaced by the baseline.
 
@@ -303,8 +344,15 @@ def deletion_curve(
         attributions: `(B, ...)` scores, the input's shape or a leading part.
         target: The explained target.
         baselines: Replacement values (default 0, the pad id for tokens).
-        n_steps: Number of stages after the unperturbed one.
+        n_steps: Number of stages after the unperturbed one; stage `k`
+            removes the top `k / n_steps` of each example's rankable features.
         internal_batch_size: Rows per model call.
+        mask: Optional boolean array of the attributions' shape: only
+            features where it is True are ranked and removed (e.g. real word
+            tokens, leaving `[CLS]`, `[SEP]` and padding in place).
+
+    Inputs may be a dict (keras-hub models): the token ids are perturbed and
+    auxiliary entries such as `padding_mask` pass through unchanged.
 
     Returns:
         A `PerturbationCurve` with the AOPC (Samek et al., 2017).
@@ -321,7 +369,8 @@ def deletion_curve(
     ([[10.0, 6.0, 3.0, 1.0, 0.0]], [6.0])
     """
     return _curve(
-        "deletion", model, inputs, attributions, target, baselines, n_steps, internal_batch_size
+        "deletion", model, inputs, attributions, target, baselines, n_steps, internal_batch_size,
+        mask,
     )
 
 
@@ -333,6 +382,7 @@ def insertion_curve(
     baselines=None,
     n_steps: int = 10,
     internal_batch_size: int | None = None,
+    mask=None,
 ) -> PerturbationCurve:
     """Score as the most-attributed features are inserted into the baseline.
 
@@ -340,7 +390,8 @@ def insertion_curve(
     restores the features most important first (higher `auc` is better).
     """
     return _curve(
-        "insertion", model, inputs, attributions, target, baselines, n_steps, internal_batch_size
+        "insertion", model, inputs, attributions, target, baselines, n_steps, internal_batch_size,
+        mask,
     )
 
 
@@ -375,13 +426,50 @@ def spearman(a, b) -> np.ndarray:
     return np.asarray(out)
 
 
-def _randomize_layer(layer, rng):
-    for w in layer.weights:
-        if not w.trainable:
-            continue
+def _randomize_weights(weights, rng):
+    for w in weights:
         val = np.asarray(w.numpy())
         std = float(val.std()) if val.size > 1 and val.std() > 0 else 0.1
         w.assign(rng.normal(0.0, std, size=val.shape).astype(val.dtype))
+
+
+def _model_copy(model):
+    """A copy with the same weights: `clone_model`, else a `.keras` save/load round trip.
+
+    Returns None when neither works (e.g. a subclassed model whose custom
+    layers are not registered for serialization).
+    """
+    try:
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+        return copy
+    except Exception:  # noqa: BLE001 - custom or subclassed layers
+        pass
+    import os
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "copy.keras")
+            model.save(path)
+            return keras.saving.load_model(path, compile=False)
+    except Exception:  # noqa: BLE001 - not serializable
+        return None
+
+
+def _stages(model, layers):
+    """`[(path, trainable weights it owns)]`, output side first."""
+    from kerastrace._utils import instrument
+
+    if layers is None:
+        nodes = [n for n in instrument.walk(model) if instrument.own_weights(n.layer, True)]
+        return [(n.path, instrument.own_weights(n.layer, True)) for n in reversed(nodes)]
+    out = []
+    for spec in layers:
+        spec = spec if isinstance(spec, str) else spec.name
+        path, layer = instrument.resolve_layer(model, spec, "layers")
+        out.append((path, list(layer.trainable_weights)))
+    return out
 
 
 def randomization_sanity_check(
@@ -390,18 +478,26 @@ def randomization_sanity_check(
     absolute: bool = True,
     seed: int | None = 0,
     layers=None,
+    copy: str = "auto",
 ) -> list:
     """Cascading model-parameter randomization test (Adebayo et al., 2018).
 
-    A copy of the model is randomized layer by layer from the output down
+    The model's weights are randomized layer by layer from the output down
     (each trainable weight redrawn from a normal with the weight's own
     standard deviation, seeded); after each stage the explanation is
     recomputed and compared with the original one by the Spearman rank
     correlation (mean over examples). A method that is sensitive to the
     model's parameters shows correlations dropping towards 0.
 
+    Stages are the layers that own trainable weights, found at any depth
+    (inside keras-hub backbones and custom layers too), named by their path.
+    The randomization runs on a copy (`keras.models.clone_model`, or a
+    `.keras` save/load round trip for custom layers); when no copy can be
+    made (`copy="auto"`) or when asked (`copy="never"`), it runs on the
+    model itself and every weight is put back afterwards, also on error.
+
     Args:
-        model: A Keras model that `keras.models.clone_model` can copy.
+        model: A Keras model.
         explain: `explain(model) -> attributions (B, ...)`, e.g.
             `lambda m: Saliency(m).attribute(x, target=t)`.
         absolute: Compare absolute values of the attributions (as in the
@@ -410,29 +506,46 @@ def randomization_sanity_check(
             pattern even for a random model; compare them signed
             (`absolute=False`) as well.
         seed: Seed of the randomization.
-        layers: Layers (names) to randomize, output first; default: every
-            layer with trainable weights, from the output down.
+        layers: Layers (paths or names) to randomize, output first; default:
+            every layer owning trainable weights, from the output down.
+        copy: `"auto"` (copy if possible, else in place and restored),
+            `"always"` (refuse when no copy can be made) or `"never"`.
 
     Returns:
         A list of `(stage, spearman)`: `("original", 1.0)` then one entry per
-        randomized layer name (cumulative).
+        randomized layer path (cumulative).
+
+    Raises:
+        ValueError: `copy="always"` and the model cannot be copied.
 
     References:
         - [Adebayo et al., 2018, Sanity Checks for Saliency
           Maps](https://arxiv.org/abs/1810.03292)
     """
+    v.check_one_of("copy", copy, ("auto", "always", "never"))
     reference = np.asarray(explain(model))
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    if layers is None:
-        stages = [layer for layer in reversed(copy.layers) if layer.trainable_weights]
-    else:
-        stages = [copy.get_layer(name if isinstance(name, str) else name.name) for name in layers]
+    target = _model_copy(model) if copy != "never" else None
+    if target is None and copy == "always":
+        raise ValueError(
+            "Received an invalid value for argument `copy`: the model cannot be copied "
+            "(keras.models.clone_model and a .keras save/load both failed, e.g. custom layers "
+            "that are not registered with keras.saving.register_keras_serializable). Use "
+            "copy='auto' to randomize it in place (its weights are restored afterwards). "
+            "Received: copy='always'"
+        )
+    in_place = target is None
+    target = model if in_place else target
+    saved = [np.array(w.numpy()) for w in target.weights] if in_place else None
     rng = np.random.default_rng(seed)
     f = np.abs if absolute else (lambda t: t)
     results = [("original", 1.0)]
-    for layer in stages:
-        _randomize_layer(layer, rng)
-        attr = np.asarray(explain(copy))
-        results.append((layer.name, float(spearman(f(reference), f(attr)).mean())))
+    try:
+        for path, weights in _stages(target, layers):
+            _randomize_weights(weights, rng)
+            attr = np.asarray(explain(target))
+            results.append((path, float(spearman(f(reference), f(attr)).mean())))
+    finally:
+        if in_place:
+            for w, val in zip(target.weights, saved):
+                w.assign(val)
     return results

@@ -136,7 +136,7 @@ class NoiseTunnel(Attribution):
         ):
             raise v.invalid("seed", "None or a non-negative integer", seed)
         inner = self.attribution_method
-        plan, is_tuple = inner._plan(inputs, target=target, **kwargs)
+        plan, layout = inner._plan(inputs, target=target, **kwargs)
         sds = _stdevs(stdevs, len(plan.xs))
         # The noise is drawn inside the compiled engine from a counter-based
         # generator keyed by the seed: the result depends on the seed only, not on
@@ -161,4 +161,4 @@ class NoiseTunnel(Attribution):
             else:
                 res = np.maximum(sq / n - mean * mean, 0.0)
             out.append(res.astype(np.float32))
-        return _core.restore(out, is_tuple)
+        return _core.restore(out, layout)

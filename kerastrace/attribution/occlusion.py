@@ -80,6 +80,7 @@ class Occlusion(Attribution):
         baselines=None,
         target: Target = None,
         internal_batch_size: int | None = None,
+        additional_forward_args=None,
     ):
         """Compute occlusion attributions.
 
@@ -93,6 +94,10 @@ class Occlusion(Attribution):
                 default 0 (the pad id for token inputs).
             target: As in `IntegratedGradients.attribute`.
             internal_batch_size: Occluded copies per model call (default 256).
+            additional_forward_args: Model inputs passed through unchanged.
+                For dict inputs, keras-hub's auxiliary entries
+                (`padding_mask`, `segment_ids`, ...) pass through by default
+                and every other entry is occluded.
 
         Returns:
             Float32 array(s) of the input's shape.
@@ -100,18 +105,24 @@ class Occlusion(Attribution):
         Raises:
             ValueError: for windows/strides that do not fit, and target errors.
         """
-        xs, is_tuple = _core.normalize_inputs(inputs)
-        _core.check_finite(xs, names=self._names)
+        flat, layout = _core.normalize_inputs(
+            inputs, additional_forward_args=additional_forward_args
+        )
+        _core.check_finite(flat, names=self._names, layout=layout)
+        layout = _core.select_perturbed_inputs(flat, layout)
+        xs, ctx = layout.split(flat)
         windows = _per_input(sliding_window_shapes, xs, "sliding_window_shapes")
         steps = _per_input(strides, xs, "strides", default=tuple(1 for _ in xs))
         bases = tuple(
             b.astype(x.dtype)
-            for b, x in zip(_core.broadcast_baselines(baselines, xs, dtype=None), xs)
+            for b, x in zip(
+                _core.broadcast_baselines(baselines, xs, dtype=None, layout=layout), xs
+            )
         )
         chunk = v.check_positive_int("internal_batch_size", internal_batch_size or 256)
-        tgt = self._target(target, xs)
+        tgt = self._target(target, flat, layout)
         batch = xs[0].shape[0]
-        f_x = self._scores(xs, tgt, chunk)
+        f_x = self._scores(flat, tgt, chunk, layout)
         out = []
         for j, (x, win, step) in enumerate(zip(xs, windows, steps)):
             shape = x.shape[1:]
@@ -132,11 +143,13 @@ class Occlusion(Attribution):
                 rows = occluded.reshape(len(block) * batch, *shape)
                 others = [np.tile(o, (len(block),) + (1,) * (o.ndim - 1)) for o in xs]
                 others[j] = rows
+                rep_ctx = [np.tile(c, (len(block),) + (1,) * (c.ndim - 1)) for c in ctx]
                 t = _core.TargetSpec(np.tile(tgt.indices, len(block)), tgt.fn)
-                f_o = self._scores(tuple(others), t, chunk).reshape(len(block), batch)
+                f_o = self._scores(layout.merge(others, rep_ctx), t, chunk, layout)
+                f_o = f_o.reshape(len(block), batch)
                 diff = f_x[None, :] - f_o  # (W, B)
                 mf = masks.astype(np.float64)
                 acc += np.einsum("wb,w...->b...", diff, mf)
                 count += mf.sum(axis=0)
             out.append((acc / np.maximum(count, 1.0)).astype(np.float32))
-        return _core.restore(out, is_tuple)
+        return _core.restore(out, layout)

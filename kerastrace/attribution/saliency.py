@@ -35,6 +35,7 @@ class Saliency(GradientAttribution):
         target: Target = None,
         abs: bool = True,  # noqa: A002 - Captum's argument name
         internal_batch_size: int | None = None,
+        additional_forward_args=None,
     ):
         """Compute the saliency map.
 
@@ -44,6 +45,9 @@ class Saliency(GradientAttribution):
                 Required when the output has more than one element per example.
             abs: Return `|gradient|` (default) or the signed gradient.
             internal_batch_size: Examples per model call (default: all at once).
+            additional_forward_args: Model inputs passed through unchanged
+                and not attributed (Captum's argument): a dict merged into
+                dict inputs, or arrays appended to array/tuple inputs.
 
         Returns:
             Numpy array(s) of the input's shape (a tuple for tuple inputs).
@@ -52,16 +56,25 @@ class Saliency(GradientAttribution):
             TypeError: for integer inputs.
             ValueError: for a missing/out-of-range target or non-finite inputs.
         """
-        plan, is_tuple = self._plan(inputs, target, abs=abs, internal_batch_size=internal_batch_size)
-        return _core.restore(self._execute(plan), is_tuple)
+        plan, layout = self._plan(
+            inputs, target, abs=abs, internal_batch_size=internal_batch_size,
+            additional_forward_args=additional_forward_args,
+        )
+        return _core.restore(self._execute(plan), layout)
 
-    def _plan(self, inputs, target=None, abs=True, internal_batch_size=None):  # noqa: A002
+    def _plan(
+        self, inputs, target=None, abs=True, internal_batch_size=None,  # noqa: A002
+        additional_forward_args=None,
+    ):
         v.check_bool("abs", abs)
         chunk = self._batch_size(internal_batch_size)
-        xs, is_tuple = self._prepare(inputs)
-        tgt = self._target(target, xs)
+        xs, ctx, layout = self._prepare(inputs, additional_forward_args=additional_forward_args)
+        tgt = self._target(target, layout.merge(xs, ctx), layout)
         modes = (_core.MODE_GRAD,) * len(xs)
-        return _core.gradient_plan(xs, tgt, modes, use_abs=abs, internal_batch_size=chunk), is_tuple
+        plan = _core.gradient_plan(
+            xs, tgt, modes, use_abs=abs, internal_batch_size=chunk, ctx=ctx, layout=layout
+        )
+        return plan, layout
 
 
 class InputXGradient(GradientAttribution):
@@ -83,19 +96,29 @@ class InputXGradient(GradientAttribution):
     multiplies_by_inputs = True
 
     def attribute(
-        self, inputs: Inputs, target: Target = None, internal_batch_size: int | None = None
+        self,
+        inputs: Inputs,
+        target: Target = None,
+        internal_batch_size: int | None = None,
+        additional_forward_args=None,
     ):
         """Compute `inputs * gradient`. Arguments as in `Saliency.attribute`.
 
         Returns:
             Numpy array(s) of the input's shape.
         """
-        plan, is_tuple = self._plan(inputs, target, internal_batch_size=internal_batch_size)
-        return _core.restore(self._execute(plan), is_tuple)
+        plan, layout = self._plan(
+            inputs, target, internal_batch_size=internal_batch_size,
+            additional_forward_args=additional_forward_args,
+        )
+        return _core.restore(self._execute(plan), layout)
 
-    def _plan(self, inputs, target=None, internal_batch_size=None):
+    def _plan(self, inputs, target=None, internal_batch_size=None, additional_forward_args=None):
         chunk = self._batch_size(internal_batch_size)
-        xs, is_tuple = self._prepare(inputs)
-        tgt = self._target(target, xs)
+        xs, ctx, layout = self._prepare(inputs, additional_forward_args=additional_forward_args)
+        tgt = self._target(target, layout.merge(xs, ctx), layout)
         modes = (_core.MODE_X,) * len(xs)
-        return _core.gradient_plan(xs, tgt, modes, internal_batch_size=chunk), is_tuple
+        plan = _core.gradient_plan(
+            xs, tgt, modes, internal_batch_size=chunk, ctx=ctx, layout=layout
+        )
+        return plan, layout

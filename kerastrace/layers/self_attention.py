@@ -288,8 +288,28 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
         val = ops.transpose(ops.reshape(val, (b, t, h, vd)), (0, 2, 1, 3))
         return q, k, val
 
-    def _attend(self, q, k, val, attn_mask, training):
-        """Scaled dot-product attention on projected heads -> (context, weights)."""
+    def _compute_attention(self, query, key, value, attention_mask=None, training=None):
+        """Scaled dot-product attention on projected heads -> `(context, weights)`.
+
+        This is the layer's documented seam, like Keras
+        `MultiHeadAttention._compute_attention`: override it in a subclass (or
+        wrap it, as `kerastrace.attention.collect` and the attention-gradient
+        methods do) to read or change the attention weights.
+
+        Args:
+            query: `(B, H, T, key_dim)` projected queries.
+            key: `(B, H, T, key_dim)` projected keys.
+            value: `(B, H, T, value_dim)` projected values.
+            attention_mask: None or a boolean mask broadcastable to
+                `(B, H, T, T)`, True where attention is allowed.
+            training: Whether dropout is active.
+
+        Returns:
+            `(context, weights)`: `context = dropout(weights) @ value` of shape
+            `(B, H, T, value_dim)` in the compute dtype, and the float32
+            weights `(B, H, T, T)` (before dropout).
+        """
+        q, k, val, attn_mask = query, key, value, attention_mask
         scores = ops.einsum("bhqd,bhkd->bhqk", q * ops.cast(self._scale, q.dtype), k)
         if scores.dtype != "float32":
             scores = ops.cast(scores, "float32")
@@ -310,7 +330,7 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
         b, t = ops.shape(inputs)[0], ops.shape(inputs)[1]
         attn_mask = self._attention_mask(inputs, mask, attention_mask, use_causal_mask)
         q, k, val = self._project_qkv(inputs)
-        context, weights = self._attend(q, k, val, attn_mask, training)
+        context, weights = self._compute_attention(q, k, val, attn_mask, training)
         context = ops.reshape(
             ops.transpose(context, (0, 2, 1, 3)), (b, t, self.num_heads * self.value_dim)
         )

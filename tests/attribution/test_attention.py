@@ -40,7 +40,7 @@ def test_attention_x_gradient_matches_analytic(rng):
     oracle = _oracle_grad(att, model.get_layer("head"), x)
     np.testing.assert_allclose(grads, oracle, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(axg.attribute(x)[name], ref_w.numpy() * oracle, rtol=1e-4, atol=1e-7)
-    assert "_attend" not in att.__dict__
+    assert "_compute_attention" not in att.__dict__ and "call" not in att.__dict__
     assert axg.trace_count == 1  # padded chunks of 2 share one trace
 
 
@@ -55,9 +55,11 @@ def test_rollout_single_layer_formula(rng):
     np.testing.assert_allclose(
         rollout.attribute(x, query_index=1), expected[:, 1], rtol=1e-4, atol=1e-6
     )
+    # "auto" reads the mean row of a mean-pooled model, as its head does.
     np.testing.assert_allclose(rollout.attribute(x), expected.mean(1), rtol=1e-4, atol=1e-6)
-    with pytest.raises(ValueError, match="query_index"):
-        rollout.attribute(x, query_index=9)
+    np.testing.assert_allclose(rollout.attribute(x, query="last"), expected[:, -1], rtol=1e-4)
+    with pytest.raises(ValueError, match="`query`.*Received: query=9"):
+        rollout.attribute(x, query=9)
 
 
 def test_transformer_text_model_two_blocks_and_padding():

@@ -106,8 +106,11 @@ def test_layer_errors():
         lig.attribute(TOKENS, target=0, n_steps=0)
     other = keras.layers.Dense(3)
     other.build((None, 8))
-    with pytest.raises(ValueError, match="not called"):
-        LayerIntegratedGradients(model, other).attribute(TOKENS, target=0)
+    with pytest.raises(ValueError, match="not a layer of the model"):
+        LayerIntegratedGradients(model, other)
+    # The embedding is called once per forward pass: call 3 does not exist.
+    with pytest.raises(ValueError, match=r"called 1 time\(s\).*layer_call=3"):
+        LayerIntegratedGradients(model, "emb", layer_call=3).attribute(TOKENS, target=0)
 
 
 def test_layer_ig_on_tuple_output_of_transformer_block():
