@@ -94,6 +94,7 @@ def model_inputs(model, ids, mask=None, segment_ids=None):
 
     keras-hub text models take `{"token_ids", "padding_mask"[, "segment_ids"]}`;
     the dict gets exactly the entries the model declares, in their dtypes.
+    See `kerastrace._utils.instrument.token_inputs`.
 
     Args:
         model: A Keras model.
@@ -103,34 +104,7 @@ def model_inputs(model, ids, mask=None, segment_ids=None):
     """
     from kerastrace._utils import instrument
 
-    specs = instrument.input_specs(model)
-    if not isinstance(specs, dict):
-        return ids
-    ids = np.asarray(ids)
-    mask = np.ones(ids.shape, bool) if mask is None else np.asarray(mask, bool)
-    out = {}
-    for key, spec in specs.items():
-        dtype = spec.dtype.as_numpy_dtype
-        if key == "token_ids":
-            out[key] = ids.astype(dtype)
-        elif key == "padding_mask":
-            out[key] = mask.astype(dtype)
-        elif key == "segment_ids":
-            seg = np.zeros(ids.shape) if segment_ids is None else np.asarray(segment_ids)
-            out[key] = seg.astype(dtype)
-        else:
-            raise ValueError(
-                "Received an invalid value for argument `model`: it takes a dict with an "
-                f"entry {key!r} that kerastrace cannot fill from token ids (it fills "
-                "'token_ids', 'padding_mask' and 'segment_ids'). Received: model inputs "
-                f"{list(specs)}"
-            )
-    if "token_ids" not in out:
-        raise ValueError(
-            "Received an invalid value for argument `model`: it takes a dict without a "
-            f"'token_ids' entry. Received: model inputs {list(specs)}"
-        )
-    return out
+    return instrument.token_inputs(model, ids, mask, segment_ids)
 
 
 def output_kind(model, outputs=None) -> str:
@@ -185,6 +159,33 @@ def _check_delta(delta, f_diff, method_name):
             UserWarning,
             stacklevel=3,
         )
+
+
+def _check_token_model(model):
+    """Refuse models that do not take integer token ids (images, float features)."""
+    from kerastrace._utils import instrument
+
+    specs = instrument.input_specs(model)
+    if isinstance(specs, dict):
+        return  # model_inputs checks the keys
+    first = specs[0] if isinstance(specs, (list, tuple)) and specs else specs
+    dtype = getattr(first, "dtype", None)
+    if dtype is not None and not dtype.is_integer:
+        raise ValueError(
+            "Received an invalid value for argument `model`: it takes "
+            f"{dtype.name} inputs of shape {tuple(first.shape)}, not token ids, so it has no "
+            "token embedding to explain words with. Explain its inputs directly with "
+            "`kerastrace.attribution.IntegratedGradients` or `Saliency`."
+        )
+
+
+def _output_shape(model, inputs):
+    """Per-example output shape (without the batch axis), from one traced call."""
+    spec = getattr(model, "output_shape", None)
+    if isinstance(spec, tuple) and spec and all(isinstance(d, (int, type(None))) for d in spec):
+        return tuple(spec[1:])
+    out = model(inputs, training=False)
+    return tuple(np.shape(out)[1:])
 
 
 def _keep_mask(ids, mask, special_ids):
@@ -269,13 +270,26 @@ def token_attributions(
         )
     ids = ids.astype("int32")
     mask = ids != pad_id if mask is None else np.asarray(mask, bool)
+    _check_token_model(model)
     inputs = model_inputs(model, ids, mask, segment_ids)
     if target is None:  # the predicted class: one forward pass
         logits = np.asarray(model.predict(inputs, verbose=0, batch_size=256))
+        if logits.ndim > 2:
+            raise ValueError(
+                "Received an invalid value for argument `target`: the model outputs a "
+                f"sequence of shape {logits.shape} (e.g. a language model's (B, T, V) "
+                "logits), so 'the predicted class' is not defined. Pass `target=` as an "
+                "index into the flattened output (position * V + token), or trace "
+                "generated tokens with `kerastrace.generation`. Received: target=None"
+            )
         targets = logits.reshape(len(ids), -1).argmax(-1).astype("int32")
     else:
         targets = np.broadcast_to(np.asarray(target, dtype="int32"), (len(ids),)).copy()
     delta = None
+    out_shape = _output_shape(model, inputs)
+    if isinstance(query, str) and query == "auto" and len(out_shape) > 1:
+        # A sequence output (B, T, V): read the row of the explained position.
+        query = (targets // int(np.prod(out_shape[1:]))).astype(int)
     if method in ("integrated_gradients", "gradient_x_activation", "smoothgrad"):
         emb = embedding_layer or find_token_embedding(model)
         if method == "integrated_gradients":

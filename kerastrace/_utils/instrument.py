@@ -39,6 +39,8 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from kerastrace._utils import tf_compat
+
 # ----------------------------------------------------------------- patching
 
 
@@ -555,12 +557,48 @@ def input_specs(model):
         return None
     if inputs is None:
         return None
+    if isinstance(inputs, (list, tuple)) and len(inputs) == 1:
+        inputs = inputs[0]
     try:
         return tf.nest.map_structure(
             lambda t: tf.TensorSpec((None, *tuple(t.shape)[1:]), tf.as_dtype(t.dtype)), inputs
         )
     except (AttributeError, TypeError, ValueError):
         return None
+
+
+#: The dict entries a keras-hub text model may take, and how token ids fill them.
+TOKEN_INPUT_KEYS = ("token_ids", "padding_mask", "segment_ids")
+
+
+def token_inputs(model, ids, mask=None, segment_ids=None):
+    """What `model` is called on for token ids: the ids, or a keras-hub dict.
+
+    keras-hub text models take `{"token_ids", "padding_mask"[, "segment_ids"]}`;
+    the dict gets exactly the entries the model declares, in their dtypes
+    (`padding_mask` from `mask`, default all True; `segment_ids` default 0).
+
+    Raises:
+        ValueError: the model takes a dict with entries token ids cannot fill.
+    """
+    import numpy as np
+
+    specs = input_specs(model)
+    if not isinstance(specs, dict):
+        return ids
+    ids = np.asarray(ids)
+    mask = np.ones(ids.shape, bool) if mask is None else np.asarray(mask, bool)
+    seg = np.zeros(ids.shape) if segment_ids is None else np.asarray(segment_ids)
+    fill = {"token_ids": ids, "padding_mask": mask, "segment_ids": seg}
+    unknown = [k for k in specs if k not in fill]
+    if unknown or "token_ids" not in specs:
+        raise ValueError(
+            "Received an invalid value for argument `model`: it takes a dict of inputs "
+            f"{list(specs)}; token ids fill only {list(TOKEN_INPUT_KEYS)} (a model with "
+            "other entries, such as an encoder-decoder's `encoder_inputs`, needs its inputs "
+            "built by hand)."
+        )
+    return {k: fill[k].astype(spec.dtype.as_numpy_dtype) for k, spec in specs.items()}
 
 
 def _embedding_calls(model, specs, candidates):
@@ -587,7 +625,7 @@ def _embedding_calls(model, specs, candidates):
             model(structured, training=False)
         return tf.constant(0)
 
-    tf.function(body).get_concrete_function(*flat_specs)
+    tf_compat.function(body).get_concrete_function(*flat_specs)
     return seen, order
 
 

@@ -206,11 +206,13 @@ def query_scores(matrix, query="cls", mask=None) -> np.ndarray:
       classifiers read (with left padding, not position 0);
     - `"last"`: the last real position, where causal language models read;
     - `"mean"`: the mean of the real rows (mean-pooled models);
-    - an int: that position (negative counts from the end, as in Python).
+    - an int: that position (negative counts from the end, as in Python),
+      or a `(B,)` int array with one position per example (the explained
+      position of each sequence-to-sequence or language-model target).
 
     Args:
         matrix: `(B, T, T)` array.
-        query: `"cls"`, `"last"`, `"mean"` or an int.
+        query: `"cls"`, `"last"`, `"mean"`, an int or a `(B,)` int array.
         mask: Optional `(B, T)` boolean array, True on real tokens.
 
     Returns:
@@ -244,8 +246,16 @@ def query_scores(matrix, query="cls", mask=None) -> np.ndarray:
             out = r[np.arange(b), rows]
     elif isinstance(query, (int, np.integer)) and not isinstance(query, bool) and -t <= query < t:
         out = r[:, int(query)]
+    elif (
+        isinstance(query, np.ndarray) and query.shape == (b,)
+        and np.issubdtype(query.dtype, np.integer) and np.all((query >= -t) & (query < t))
+    ):
+        out = r[np.arange(b), query]
     else:
-        raise v.invalid("query", f"'cls', 'last', 'mean', 'auto' or an int in [-{t}, {t})", query)
+        raise v.invalid(
+            "query", f"'cls', 'last', 'mean', 'auto', an int in [-{t}, {t}) or one such int "
+            "per example", query,
+        )
     return np.where(m, out, 0.0).astype(np.float32)
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import weakref
 
 import numpy as np
-import tensorflow as tf
 
-from kerastrace._utils import instrument
+from kerastrace._utils import instrument, tf_compat
 from kerastrace._utils.types import Inputs
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -146,7 +145,7 @@ def _compiled(model, layers):
     def layers_ref():
         return {p: r() for p, r in layer_refs.items()}
 
-    compiled = tf.function(fn, reduce_retracing=True)
+    compiled = tf_compat.function(fn, reduce_retracing=True)
     _CACHE[model] = (names, compiled, holder)
     return compiled, holder
 

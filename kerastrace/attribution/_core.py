@@ -19,11 +19,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
-import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from kerastrace._utils import tf_compat
 
 F32 = tf.float32
 #: Chunks the while loop may run concurrently: overlapping small chunks keeps
@@ -406,7 +407,7 @@ class TargetSpec:
 
 def output_info(model_forward, specs, layout):
     """Trace `forward` symbolically (no execution) and return output shapes."""
-    fn = tf.function(lambda *xs: model_forward(tuple(xs), layout))
+    fn = tf_compat.function(lambda *xs: model_forward(tuple(xs), layout))
     outs = fn.get_concrete_function(*specs).structured_outputs
     return [tuple(o.shape) for o in _flat_outputs(outs)]
 
@@ -457,31 +458,9 @@ def normalize_target(target, batch: int, out_shapes) -> TargetSpec:
     return TargetSpec(arr.astype(np.int32))
 
 
-_CONCRETE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _concrete(fn):
-    """The single concrete function of a `tf.function` that has an input signature."""
-    cf = _CONCRETE.get(fn)
-    if cf is None:
-        cf = _CONCRETE[fn] = fn.get_concrete_function()
-    return cf
-
-
 def call_compiled(fn, tensors):
-    """Call the compiled `fn` (a `tf.function` with an input signature) on a flat list.
-
-    The concrete function is called with its flat arguments, which skips the
-    Python argument binding of a regular call: about 0.3 ms for the dozen
-    arguments of the gradient engine, which is several percent of a small
-    model's whole attribution. Falls back to a regular call where TensorFlow
-    has no such entry point.
-    """
-    cf = _concrete(fn)
-    call_flat = getattr(cf, "_call_flat", None)
-    if call_flat is None:  # pragma: no cover - other TensorFlow versions
-        return cf(*tensors)
-    return call_flat(list(tensors), cf.captured_inputs)
+    """Call a compiled `tf.function` with an input signature on flat tensors."""
+    return tf_compat.call_compiled(fn, tensors)
 
 
 @functools.lru_cache(maxsize=256)
@@ -865,7 +844,7 @@ class GradientEngine:
             tf.TensorSpec((), tf.bool),  # abs
             tf.TensorSpec((), tf.bool),  # also return the sums of squares
         ]
-        return tf.function(body, input_signature=signature)
+        return tf_compat.function(body, input_signature=signature)
 
     def run(self, plan: Plan, noise=None, squares=False, eager=False):
         """Run `plan`; return the attributions (a tuple, one per input).
@@ -954,7 +933,7 @@ class ForwardEngine:
             tf.TensorSpec((None,), tf.int32),
             tf.TensorSpec((), tf.int32),
         )
-        fn = tf.function(body, input_signature=signature)
+        fn = tf_compat.function(body, input_signature=signature)
         self._fns[key] = fn
         return fn
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from kerastrace._utils import instrument
+from kerastrace._utils import instrument, tf_compat
 from kerastrace._utils import validation as v
 from kerastrace._utils.types import Inputs, Target
 from kerastrace.attribution import _core
@@ -113,7 +113,7 @@ class AttentionXGradient(Attribution):
             self._sites_for[key] = list(sites)
             return tuple(weights), tuple(grads)
 
-        fn = tf.function(
+        fn = tf_compat.function(
             body,
             input_signature=(
                 tuple(_core.spec_for(x) for x in flat),

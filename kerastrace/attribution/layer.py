@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from kerastrace._utils import instrument
+from kerastrace._utils import instrument, tf_compat
 from kerastrace._utils import validation as v
 from kerastrace._utils.types import Inputs, Target
 from kerastrace.attribution import _core
@@ -106,7 +106,7 @@ class _LayerAttribution(GradientAttribution):
                 state.check(self.layer_path)
                 return tf.cast(state.values[0], tf.float32)
 
-            fn = tf.function(body, input_signature=[_core.spec_for(x) for x in flat])
+            fn = tf_compat.function(body, input_signature=[_core.spec_for(x) for x in flat])
             self._captures[key] = fn
         n = flat[0].shape[0]
         parts = [fn(*(x[i : i + chunk] for x in flat)).numpy() for i in range(0, n, chunk)]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from kerastrace._utils import lazy
+from kerastrace._utils import lazy, tf_compat
 from kerastrace._utils import text_pretokenize as pre
 from kerastrace._utils.validation import check_bool, check_positive_int, invalid
 
@@ -202,8 +202,8 @@ class Tokenizer:
                 no_pretokenization=True,
             )
         spec = [tf.TensorSpec([None], tf.string)]
-        self._ragged_fn = tf.function(self._ragged_tokens, input_signature=spec, autograph=False)
-        self._dense_fn = tf.function(self._dense_tokens, input_signature=spec, autograph=False)
+        self._ragged_fn = tf_compat.function(self._ragged_tokens, input_signature=spec, autograph=False)
+        self._dense_fn = tf_compat.function(self._dense_tokens, input_signature=spec, autograph=False)
 
     # ------------------------------------------------------------------ graph
     @property
