@@ -5,7 +5,12 @@ method (optionally across the replicas of a `tf.distribute` strategy), writing
 resumable `.npz` shards; `summarize` turns the results into dataset-level
 aggregates; `attention_statistics_dataset` averages attention head statistics
 over a dataset; `NeighborIndex` finds the training examples nearest to a
-query in a layer's representation.
+query in a layer's representation (`representation_fn`).
+
+Dataset elements are what Keras `fit` takes: `x`, `(x,)`, `(x, y)` or
+`(x, y, sample_weight)`, with features `x` an array, a tuple of arrays, or a
+dict of arrays such as keras-hub's `{"token_ids", "padding_mask",
+"segment_ids"}`.
 
 Example:
 
@@ -22,7 +27,12 @@ Example:
 """
 
 from kerastrace.scale._attribute import attribute_dataset
-from kerastrace.scale._neighbors import NeighborIndex, NeighborResult, neighbors_for_texts
+from kerastrace.scale._neighbors import (
+    NeighborIndex,
+    NeighborResult,
+    neighbors_for_texts,
+    representation_fn,
+)
 from kerastrace.scale._store import AttributionStore
 from kerastrace.scale._summary import (
     DatasetSummary,
@@ -38,5 +48,6 @@ __all__ = [
     "attention_statistics_dataset",
     "attribute_dataset",
     "neighbors_for_texts",
+    "representation_fn",
     "summarize",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -10,11 +11,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerastrace._utils import instrument
 from kerastrace._utils import validation as v
 from kerastrace.scale import _store
-from kerastrace.scale._attribute import _flat_features, split_element
+from kerastrace.scale._attribute import TOKEN_KEY, split_element, to_numpy
 
 _METRICS = ("cosine", "l2")
+_POSITIONS = ("cls", "last", "mean")
+#: `{model: {layer path: tf.function}}`: one compiled reader per layer, held weakly.
+_READERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class NeighborResult(NamedTuple):
@@ -34,97 +39,184 @@ class NeighborResult(NamedTuple):
     labels: np.ndarray | None
 
 
-def _as_layer(model, layer):
-    if isinstance(layer, str):
-        if not isinstance(model, keras.Model):
-            raise TypeError(
-                "Received an invalid value for argument `layer_or_fn`: a layer name needs a "
-                f"Keras model. Received: layer_or_fn={layer!r}"
-            )
-        try:
-            return model.get_layer(layer)
-        except ValueError:
-            names = [lay.name for lay in model.layers]
-            raise ValueError(
-                f"Received an invalid value for argument `layer_or_fn`: no layer named "
-                f"{layer!r}; the model's layers are {names}. Received: layer_or_fn={layer!r}"
-            ) from None
-    return layer
+# ------------------------------------------------------------ representation
+def _check_position(position):
+    if position is None or (isinstance(position, int) and not isinstance(position, bool)):
+        return position
+    if isinstance(position, str) and position in _POSITIONS:
+        return position
+    raise v.invalid("position", "an int, 'cls', 'last', 'mean' or None", position)
 
 
-def _pool(h, position, ids):
+def _select_output(value, path):
+    """The representation tensor of a captured layer output."""
+    if isinstance(value, dict):  # a keras-hub backbone: its token-level output
+        if "sequence_output" in value:
+            return value["sequence_output"]
+        raise ValueError(
+            f"Received an invalid value for argument `layer_or_fn`: layer {path!r} returns a "
+            f"dict with keys {list(value)}; pass the path of an inner layer or a callable."
+        )
+    return value
+
+
+def _layer_reader(model, path, layer):
+    """A cached `tf.function(inputs) -> output of call 0 of layer` (no sub-model)."""
+    readers = _READERS.setdefault(model, {})
+    fn = readers.get(path)
+    if fn is not None:
+        return fn
+    model_ref, layer_ref = weakref.ref(model), weakref.ref(layer)
+
+    def read(inputs):
+        with instrument.capture(layer_ref(), call=0) as state:
+            model_ref()(inputs, training=False)
+        state.check(path, "layer_or_fn")
+        return _select_output(state.values[0], path)
+
+    fn = readers[path] = tf.function(read, reduce_retracing=True)
+    return fn
+
+
+def _to_model_inputs(inputs):
+    """Tensors in the structure the model is called with (a list for several inputs)."""
+    if isinstance(inputs, dict):
+        return {k: tf.convert_to_tensor(x) for k, x in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return [tf.convert_to_tensor(x) for x in inputs]
+    return tf.convert_to_tensor(inputs)
+
+
+def _real_tokens(inputs, pad_id, shape):
+    """`(B, T)` bool, True on real tokens, or None when unknown for this output."""
+    mask, ids = None, None
+    if isinstance(inputs, dict):
+        if "padding_mask" in inputs:
+            mask = np.asarray(inputs["padding_mask"]).astype(bool)
+        else:
+            ids = inputs.get(TOKEN_KEY)
+    else:
+        ids = inputs[0] if isinstance(inputs, (tuple, list)) else inputs
+    if mask is None and ids is not None and pad_id is not None:
+        ids = np.asarray(ids)
+        if np.issubdtype(ids.dtype, np.integer) and ids.ndim == 2:
+            mask = ids != pad_id
+    return mask if mask is not None and mask.shape == tuple(shape) else None
+
+
+def _pool(h, position, mask):
+    """`(B, D)` from a `(B, D)` or `(B, T, D)` representation (see `representation_fn`)."""
     h = np.asarray(h, np.float32)
     if h.ndim == 2:
         return h
-    if h.ndim != 3:
+    if h.ndim != 3 or position is None:
         return h.reshape(h.shape[0], -1)
-    if position is None:
-        return h.reshape(h.shape[0], -1)
-    if isinstance(position, str):  # "mean": mean over real tokens
-        if ids is not None and np.issubdtype(ids.dtype, np.integer) and ids.shape == h.shape[:2]:
-            m = (ids != 0).astype(np.float32)[..., None]
-        else:
-            m = np.ones(h.shape[:2] + (1,), np.float32)
+    b, t = h.shape[:2]
+    if isinstance(position, int):
+        if not -t <= position < t:
+            raise v.invalid("position", f"a position in [{-t}, {t}) for sequences of {t}", position)
+        return h[:, position, :]
+    if position == "mean":
+        m = np.ones((b, t), bool) if mask is None else mask
+        m = m.astype(np.float32)[..., None]
         return (h * m).sum(1) / np.maximum(m.sum(1), 1.0)
-    return h[:, position, :]
+    if mask is None:
+        idx = np.full(b, 0 if position == "cls" else t - 1)
+    elif position == "cls":
+        idx = np.argmax(mask, axis=1)
+    else:
+        idx = t - 1 - np.argmax(mask[:, ::-1], axis=1)
+    return h[np.arange(b), idx, :]
 
 
-def representation_fn(model, layer_or_fn, position=0) -> Callable:
+def representation_fn(model, layer_or_fn, position=0, *, pad_id: int | None = 0) -> Callable:
     """`fn(batch_inputs) -> (B, D)` float32 representations.
+
+    A layer's output is read during the model's own forward pass (call 0 of
+    the layer, through `kerastrace._utils.instrument`) inside a cached
+    `tf.function`; no sub-model is built, so this works for functional,
+    sequential and subclassed models, layers nested inside other layers, and
+    keras-hub models (whose backbones call their transformer layers inside
+    themselves). Inputs are what the model takes: an array, a tuple, or a
+    dict (keras-hub: `{"token_ids", "padding_mask", ...}`).
 
     Args:
         model: The Keras model (may be None with a callable `layer_or_fn`).
-        layer_or_fn: A layer of `model` (or its name): its (first) output is
-            read through a sub-model `keras.Model(model.inputs, layer.output)`;
-            or a callable `fn(inputs) -> (B, D)` or `(B, T, D)`.
-        position: For `(B, T, D)` outputs: the position to keep (0 is
-            `[CLS]`), `"mean"` (mean over non-pad tokens, pad id 0) or None
-            (flatten).
+        layer_or_fn: A layer of `model`: the layer object, its path (e.g.
+            `"bert_backbone/transformer_layer_1"`) or its name if unique;
+            its (first) output is the representation (a keras-hub backbone's
+            dict output gives its `"sequence_output"`). Or a callable
+            `fn(inputs) -> (B, D)` or `(B, T, D)`.
+        position: For `(B, T, D)` outputs: an int (the position kept; 0 is
+            `[CLS]` for right-padded inputs), `"cls"` (the first real token),
+            `"last"` (the last real token, for causal models), `"mean"`
+            (mean over real tokens) or None (flatten). Real tokens come from
+            a dict input's `"padding_mask"`, else from integer `(B, T)` ids
+            (the dict's `"token_ids"`, or the first input) that differ from
+            `pad_id`; when neither fits the output's `(B, T)`, every
+            position counts as real.
+        pad_id: The padding id of integer token inputs (None: no padding).
+
+    Returns:
+        A function of a batch of inputs (numpy arrays, tensors, a tuple or a
+        dict) returning a `(B, D)` float32 numpy array.
+
+    Raises:
+        ValueError: for an unknown layer or an invalid `position`; a layer
+            that the forward pass does not call is reported on the first call.
+        TypeError: for a layer without a Keras model, or a `layer_or_fn`
+            that is neither a layer nor a callable.
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> from kerastrace.scale import representation_fn
+    >>> inp = keras.Input((3,), dtype="int32")
+    >>> h = keras.layers.Embedding(5, 2, name="emb")(inp)
+    >>> model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Flatten()(h)))
+    >>> fn = representation_fn(model, "emb", position="mean")
+    >>> ids = np.array([[1, 2, 0]])
+    >>> table = model.get_layer("emb").embeddings.numpy()
+    >>> bool(np.allclose(fn(ids), table[[1, 2]].mean(0), atol=1e-6))
+    True
     """
-    if position is not None and not (
-        (isinstance(position, str) and position == "mean")
-        or (isinstance(position, int) and not isinstance(position, bool))
-    ):
-        raise v.invalid("position", "an int, 'mean' or None", position)
-    layer = _as_layer(model, layer_or_fn)
-    if isinstance(layer, keras.layers.Layer):
-        if not isinstance(model, keras.Model):
+    position = _check_position(position)
+    if pad_id is not None:
+        pad_id = v.check_non_negative_int("pad_id", pad_id)
+    if isinstance(layer_or_fn, (str, keras.layers.Layer)):
+        if not isinstance(model, keras.layers.Layer):
             raise TypeError(
-                "Received an invalid value for argument `model`: reading a layer needs a "
-                f"functional Keras model. Received: model={model!r}"
+                "Received an invalid value for argument `model`: reading a layer needs the "
+                f"Keras model that calls it. Received: model={model!r}"
             )
-        try:
-            out = layer.output
-        except (AttributeError, ValueError) as e:
-            raise ValueError(
-                f"Received an invalid value for argument `layer_or_fn`: layer {layer.name!r} "
-                f"has no symbolic output ({e}); pass a callable instead."
-            ) from None
-        if isinstance(out, (list, tuple)):
-            out = out[0]
-        inputs = model.inputs
-        sub = keras.Model(inputs[0] if len(inputs) == 1 else inputs, out)
-        call = tf.function(lambda x: sub(x, training=False), reduce_retracing=True)
-    elif callable(layer):
-        call = layer
+        path, layer = instrument.resolve_layer(model, layer_or_fn, "layer_or_fn")
+        reader = _layer_reader(model, path, layer)
+
+        def call(inputs):
+            return reader(_to_model_inputs(inputs))
+
+    elif callable(layer_or_fn):
+        call = layer_or_fn
     else:
         raise TypeError(
             "Received an invalid value for argument `layer_or_fn`, expected a layer, a layer "
-            f"name or a callable. Received: layer_or_fn={layer_or_fn!r}"
+            f"path or name, or a callable. Received: layer_or_fn={layer_or_fn!r}"
         )
 
     def fn(inputs):
-        xs = _flat_features(inputs)
-        x = xs[0] if len(xs) == 1 else tuple(xs)
-        h = call(x)
-        h = h.numpy() if hasattr(h, "numpy") else np.asarray(h)
-        return _pool(h, position, np.asarray(xs[0]))
+        if isinstance(inputs, (tuple, list)):
+            inputs = tuple(inputs) if len(inputs) > 1 else inputs[0]
+        inputs = to_numpy(inputs)
+        h = call(inputs)
+        h = np.asarray(h.numpy() if hasattr(h, "numpy") else h)
+        mask = _real_tokens(inputs, pad_id, h.shape[:2]) if h.ndim == 3 else None
+        return _pool(h, position, mask)
 
     return fn
 
 
 def _batches(data, labels, batch_size):
-    """Yield `(features, labels)` batches from a dataset or arrays."""
+    """Yield `(features, labels)` batches from a dataset or arrays (a tuple or a dict)."""
     if isinstance(data, tf.data.Dataset):
         if labels is not None:
             raise ValueError(
@@ -135,9 +227,16 @@ def _batches(data, labels, batch_size):
             x, y = split_element(element)
             yield x, None if y is None else np.asarray(y)
         return
-    xs = _flat_features(data)
-    xs = tuple(np.asarray(x) for x in xs)
-    n = xs[0].shape[0]
+    if isinstance(data, list):
+        data = tuple(data)
+    xs = to_numpy(data)
+    sizes = {a.shape[0] if a.ndim else 0 for a in tf.nest.flatten(xs)}
+    if len(sizes) != 1:
+        raise ValueError(
+            "Received an invalid value for argument `data`: all inputs must have the same "
+            f"number of examples. Received: sizes {sorted(sizes)}"
+        )
+    n = sizes.pop()
     y = None if labels is None else np.asarray(labels)
     if y is not None and y.shape[0] != n:
         raise ValueError(
@@ -145,8 +244,8 @@ def _batches(data, labels, batch_size):
             "examples."
         )
     for i in range(0, n, batch_size):
-        part = tuple(x[i : i + batch_size] for x in xs)
-        yield part[0] if len(part) == 1 else part, None if y is None else y[i : i + batch_size]
+        part = tf.nest.map_structure(lambda a, i=i: a[i : i + batch_size], xs)
+        yield part, None if y is None else y[i : i + batch_size]
 
 
 class NeighborIndex:
@@ -216,22 +315,32 @@ class NeighborIndex:
         metric: str = "cosine",
         batch_size: int = 64,
         position: int | str | None = 0,
+        pad_id: int | None = 0,
         progress: bool = False,
     ) -> NeighborIndex:
         """Compute the representations of `data` in batches and index them.
 
         Args:
-            model: A functional Keras model (or None with a callable).
-            layer_or_fn: A layer of `model` or its name (e.g. `"block_1"`: its
-                first output, the hidden states), or a callable
-                `fn(inputs) -> (B, D)` / `(B, T, D)`.
-            data: A batched `tf.data.Dataset` (`x` or `(x, y)` elements; the
-                labels are kept), or an array (a tuple for several inputs).
+            model: A Keras model (functional, subclassed or keras-hub), or
+                None with a callable.
+            layer_or_fn: A layer of `model`: the object, its path (e.g.
+                `"bert_backbone/transformer_layer_1"`) or its unique name
+                (e.g. `"block_1"`: its first output, the hidden states); or a
+                callable `fn(inputs) -> (B, D)` / `(B, T, D)`. See
+                `representation_fn`.
+            data: A batched `tf.data.Dataset` (`x` or `(x, y)` elements, `x`
+                an array, a tuple or a dict such as keras-hub's
+                `{"token_ids", "padding_mask", ...}`; the labels are kept),
+                or arrays: one array, a tuple for several inputs, or a dict.
             labels: Labels of array `data`.
             metric: `"cosine"` or `"l2"`.
             batch_size: Batch size for array `data`.
-            position: For `(B, T, D)` representations: the position kept
-                (0: `[CLS]`), `"mean"` over non-pad tokens, or None (flatten).
+            position: For `(B, T, D)` representations: the position kept (an
+                int; 0 is `[CLS]`), `"cls"` (first real token), `"last"`
+                (last real token), `"mean"` over real tokens, or None
+                (flatten).
+            pad_id: Padding id of integer token inputs, for the real-token
+                mask when the inputs have no `"padding_mask"` (None: none).
             progress: Show a `keras.utils.Progbar`.
 
         Returns:
@@ -242,7 +351,7 @@ class NeighborIndex:
         """
         v.check_one_of("metric", metric, _METRICS)
         batch_size = v.check_positive_int("batch_size", batch_size)
-        fn = representation_fn(model, layer_or_fn, position)
+        fn = representation_fn(model, layer_or_fn, position, pad_id=pad_id)
         bar = keras.utils.Progbar(None, unit_name="batch") if progress else None
         embs, labs = [], []
         for x, y in _batches(data, labels, batch_size):
@@ -256,16 +365,19 @@ class NeighborIndex:
         lab = np.concatenate(labs) if labs and len(labs) == len(embs) else None
         return cls(np.concatenate(embs), lab, metric=metric, embed_fn=fn)
 
-    def attach(self, model, layer_or_fn, position: int | str | None = 0) -> NeighborIndex:
-        """Set how `query` embeds inputs (e.g. after `load`). Returns self."""
-        self.embed_fn = representation_fn(model, layer_or_fn, position)
+    def attach(
+        self, model, layer_or_fn, position: int | str | None = 0, *, pad_id: int | None = 0
+    ) -> NeighborIndex:
+        """Set how `query` embeds inputs (e.g. after `load`), as in `build`. Returns self."""
+        self.embed_fn = representation_fn(model, layer_or_fn, position, pad_id=pad_id)
         return self
 
     def query(self, inputs, k: int = 5, batch_size: int = 256) -> NeighborResult:
         """The `k` nearest indexed examples of each input.
 
         Args:
-            inputs: Model inputs `(Q, ...)` (embedded like the index).
+            inputs: Model inputs `(Q, ...)`: an array, a tuple or a dict
+                (embedded like the index).
             k: Number of neighbours.
             batch_size: Queries embedded and searched per step.
 
@@ -333,17 +445,28 @@ class NeighborIndex:
 
 
 def _default_layer(model):
+    """The last transformer block: the parent of the last attention layer."""
     from kerastrace.layers import TransformerBlock
 
-    blocks = [lay for lay in model.layers if isinstance(lay, TransformerBlock)]
+    nodes = instrument.walk(model)
+    blocks = [n.path for n in nodes if isinstance(n.layer, TransformerBlock)]
     if blocks:
         return blocks[-1]
+    attention = list(instrument.attention_layers(model))
+    if attention:
+        parent = attention[-1].rpartition("/")[0]
+        return parent or attention[-1]
     if len(model.layers) < 2:
         raise ValueError(
             "Received an invalid value for argument `layer`: the model has no "
-            "TransformerBlock and too few layers to pick one; pass `layer=`."
+            "attention layer and too few layers to pick one; pass `layer=`."
         )
     return model.layers[-2]
+
+
+def _text_inputs(model, ids):
+    """Token ids as the model takes them: the ids, or a keras-hub dict (pad id 0)."""
+    return instrument.token_inputs(model, ids, np.asarray(ids) != 0)
 
 
 def neighbors_for_texts(
@@ -361,21 +484,24 @@ def neighbors_for_texts(
 ) -> list[dict]:
     """Nearest training texts of each query text (what `kerastrace neighbors` prints).
 
-    Tokenizes the texts with `tokenizer.tokenize(...).ids`, indexes the
-    training texts in the representation of `layer` (default: the `[CLS]`
-    output of the model's last `TransformerBlock`) and searches exactly.
+    Tokenizes the texts with `tokenizer.tokenize(...).ids` (pad id 0), indexes
+    the training texts in the representation of `layer` (default: the `[CLS]`
+    output of the model's last transformer block, i.e. the last
+    `TransformerBlock` or the layer holding the last attention layer) and
+    searches exactly.
 
     Args:
-        model: A token-id Keras model.
+        model: A token-id Keras model, or a keras-hub text model (it gets
+            `{"token_ids", "padding_mask", "segment_ids"}` built from the ids).
         tokenizer: A `kerastrace.text.Tokenizer` (anything with
             `tokenize(texts).ids`).
         train_texts: The training texts to search.
         train_labels: Their labels, or None.
         queries: The query texts.
         k: Neighbours per query.
-        layer: Layer (or name) whose output is the representation.
+        layer: Layer (object, path or name) whose output is the representation.
         metric: `"cosine"` or `"l2"`.
-        position: Token position kept (0: `[CLS]`) or `"mean"`.
+        position: Token position kept (0: `[CLS]`), `"cls"`, `"last"` or `"mean"`.
         batch_size: Texts per batch.
 
     Returns:
@@ -403,10 +529,10 @@ def neighbors_for_texts(
         )
 
     index = NeighborIndex.build(
-        model, layer, ids(train_texts), labels,
+        model, layer, _text_inputs(model, ids(train_texts)), labels,
         metric=metric, batch_size=batch_size, position=position,
     )  # fmt: skip
-    res = index.query(ids(queries), k=k, batch_size=batch_size)
+    res = index.query(_text_inputs(model, ids(queries)), k=k, batch_size=batch_size)
     out = []
     for qi, text in enumerate(queries):
         neigh = []

@@ -98,9 +98,12 @@ class AttributionStore:
 
     Returned by `attribute_dataset` and by `AttributionStore.open(directory)`.
     Each shard holds, for a contiguous range of examples, the arrays
-    `index` (global example index), `attributions`, `targets` (-1 for a
-    callable target), and, when available, `inputs` (the features, single-input
-    models), `labels` and `delta` (convergence deltas).
+    `index` (global example index), `attributions` (or `attributions_<i>` /
+    `attributions_<key>` when several tuple/dict inputs are attributed),
+    `targets` (-1 for a callable target), and, when available, `inputs` (the
+    features of a single-input model, or the `"token_ids"` entry of dict
+    features such as keras-hub's), `labels` and `delta` (convergence
+    deltas).
 
     Attributes:
         directory: The output directory, or None for an in-memory store.

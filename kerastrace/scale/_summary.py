@@ -10,7 +10,12 @@ import tensorflow as tf
 
 from kerastrace._utils import validation as v
 from kerastrace.attention import HeadStatistics, collect, head_statistics
-from kerastrace.scale._attribute import _flat_features, check_structure, split_element
+from kerastrace.scale._attribute import (
+    TOKEN_KEY,
+    check_structure,
+    model_inputs,
+    split_element,
+)
 from kerastrace.scale._store import AttributionStore
 
 
@@ -48,8 +53,9 @@ class DatasetSummary:
             token models, over the examples where the position is a real
             token), shape of one example's attributions.
         feature_mean: Signed mean per feature, same averaging.
-        classes: The class ids (0..C-1) used for grouping (labels, or the
-            targets when there are no labels).
+        classes: The class ids (0..C-1) used for grouping: the labels, or
+            the targets when there are no per-example class labels (none,
+            or per-position labels such as `(B, T)` token labels).
         class_counts: `(C,)` examples per class.
         class_feature_mean_abs: `(C, ...)` mean `|attribution|` per feature
             for each class.
@@ -183,13 +189,7 @@ def summarize(
         and np.issubdtype(first["inputs"].dtype, np.integer)
         and first["inputs"].shape == first["attributions"].shape
     )
-    groups = []
-    for s in shards:
-        g = s["labels"] if "labels" in s else s["targets"]
-        g = np.asarray(g)
-        if g.ndim == 2:
-            g = g[:, 0] if g.shape[1] == 1 else np.argmax(g, axis=1)
-        groups.append(g.astype(np.int64))
+    groups = _groups(shards)
     # Examples without a class (callable targets and no labels, target -1) only
     # enter the dataset-wide aggregates.
     n_cls = num_classes or int(max([int(g.max()) for g in groups if g.size] + [-1]) + 1)
@@ -282,6 +282,28 @@ def summarize(
     return summary
 
 
+def _class_labels(labels):
+    """`(B,)` classes from per-example labels, or None for other labels (per-position)."""
+    g = np.asarray(labels)
+    if g.ndim == 2 and g.shape[1] == 1:
+        g = g[:, 0]
+    elif g.ndim == 2 and np.issubdtype(g.dtype, np.number) and g.size:
+        if np.any(g < 0) or not np.allclose(g.sum(axis=1), 1.0, atol=1e-3):
+            return None
+        g = np.argmax(g, axis=1)
+    if g.ndim != 1 or not np.issubdtype(g.dtype, np.number) or np.any(g != np.round(g)):
+        return None
+    return g.astype(np.int64)
+
+
+def _groups(shards):
+    """Per-shard classes: the labels when every shard has class labels, else the targets."""
+    labels = [_class_labels(s["labels"]) if "labels" in s else None for s in shards]
+    if all(g is not None for g in labels):
+        return labels
+    return [np.asarray(s["targets"]).astype(np.int64) for s in shards]
+
+
 def _shard_iter(store):
     for s in store.iter_shards():
         if "attributions" not in s:
@@ -307,15 +329,25 @@ def attention_statistics_dataset(
     For each batch, the weights of every attention layer are collected with
     `kerastrace.attention.collect` and reduced with
     `kerastrace.attention.head_statistics`; the per-batch means are combined
-    weighted by their number of unmasked queries, so the result equals
-    `head_statistics` over the whole dataset at once, without holding all the
-    `(N, H, T, T)` weights in memory. For integer token-id inputs `(B, T)`,
-    positions equal to `pad_id` are masked (excluded as queries and keys).
+    per layer, weighted by that layer's number of unmasked queries, so the
+    result equals `head_statistics` over the whole dataset at once, without
+    holding all the `(N, H, T, T)` weights in memory. Entries that
+    `head_statistics` leaves NaN (the distance of cross-attention layers,
+    heads beyond a layer's head count) stay NaN; the others average over the
+    batches where they are defined.
+
+    Padding: dict features with a `"padding_mask"` (keras-hub) give the mask
+    of real tokens; otherwise integer token ids `(B, T)` (the dict's
+    `"token_ids"` or the only input) equal to `pad_id` are masked. Masked
+    positions are excluded as queries and keys.
 
     Args:
         model: A Keras model with attention layers.
-        dataset: A batched `tf.data.Dataset` (`x` or `(x, y, ...)` elements).
-        pad_id: Padding id of token-id inputs (None: no mask).
+        dataset: A batched `tf.data.Dataset`: `x`, `(x,)` or `(x, y, ...)`
+            elements with `x` an array, a tuple or a dict (keras-hub:
+            `{"token_ids", "padding_mask", ...}`).
+        pad_id: Padding id of token-id inputs without a `"padding_mask"`
+            (None: no id-based mask).
         special: Special positions, as in `head_statistics` (e.g. `[0]`).
         special_ids: Special token ids, as in `head_statistics`.
         layers: Optional layer paths to keep (see `collect`).
@@ -346,19 +378,14 @@ def attention_statistics_dataset(
     check_structure(model, dataset.element_spec)
     cardinality = int(dataset.cardinality())
     bar = keras.utils.Progbar(cardinality if cardinality >= 0 else None) if progress else None
-    names = None
-    sums: dict[str, np.ndarray] = {}
-    total_q = 0.0
+    acc = _StatsSum()
     for element in dataset:
         features, _ = split_element(element)
-        xs = _flat_features(features)
-        x = xs[0] if len(xs) == 1 else list(xs)
-        weights = collect(model, x, layers=layers)
-        ids = np.asarray(xs[0])
-        b, t = ids.shape[0], next(iter(weights.values())).shape[-1]
-        mask = None
-        if pad_id is not None and np.issubdtype(ids.dtype, np.integer) and ids.shape == (b, t):
-            mask = ids != pad_id
+        inputs = model_inputs(features)
+        call = list(inputs) if isinstance(inputs, tuple) else inputs
+        weights = collect(model, call, layers=layers)
+        ids = _token_ids(inputs)
+        mask = _query_mask(inputs, ids, pad_id, weights)
         stats = head_statistics(
             weights,
             mask=mask,
@@ -366,23 +393,99 @@ def attention_statistics_dataset(
             token_ids=ids if special_ids is not None else None,
             special_ids=special_ids,
         )
-        n_q = float(mask.sum()) if mask is not None else float(b * t)
-        names = stats.layers
-        for key in ("entropy", "distance", "special_share"):
-            val = getattr(stats, key)
-            if val is not None:
-                sums[key] = sums.get(key, 0.0) + val * max(n_q, 1.0)
-        total_q += n_q
+        acc.add(stats, _query_counts(weights, mask))
         if bar is not None:
             bar.add(1)
-    if names is None:
-        raise ValueError(
-            "Received an invalid value for argument `dataset`: it is empty (no elements)."
+    return acc.result()
+
+
+def _token_ids(inputs):
+    if isinstance(inputs, dict):
+        return inputs.get(TOKEN_KEY)
+    return inputs[0] if isinstance(inputs, tuple) else inputs
+
+
+def _self_length(weights):
+    """The token axis `head_statistics` applies the mask to (first self-attention map)."""
+    arrays = list(weights.values())
+    square = [a.shape[-1] for a in arrays if a.shape[-1] == a.shape[-2]]
+    return square[0] if square else arrays[0].shape[-1]
+
+
+def _query_mask(inputs, ids, pad_id, weights):
+    """`(B, T)` bool of real tokens, or None (no mask that fits the maps)."""
+    b, t = next(iter(weights.values())).shape[0], _self_length(weights)
+    mask = None
+    if isinstance(inputs, dict) and "padding_mask" in inputs:
+        mask = np.asarray(inputs["padding_mask"]).astype(bool)
+    elif ids is not None and pad_id is not None:
+        ids = np.asarray(ids)
+        if np.issubdtype(ids.dtype, np.integer):
+            mask = ids != pad_id
+    return mask if mask is not None and mask.shape == (b, t) else None
+
+
+def _query_counts(weights, mask):
+    """Per layer: the number of queries `head_statistics` averaged over."""
+    t = _self_length(weights)
+    out = []
+    for a in weights.values():
+        b, tq = a.shape[0], a.shape[-2]
+        out.append(float(mask.sum()) if mask is not None and tq == t else float(b * tq))
+    return np.asarray(out)
+
+
+class _StatsSum:
+    """Query-weighted sums of per-batch `HeadStatistics`, NaN entries left out."""
+
+    def __init__(self):
+        self.layers = None
+        self.num: dict[str, np.ndarray] = {}
+        self.den: dict[str, np.ndarray] = {}
+
+    def add(self, stats, counts):
+        if self.layers is None:
+            self.layers = list(stats.layers)
+        elif list(stats.layers) != self.layers:
+            raise ValueError(
+                "Received an invalid value for argument `dataset`: its batches run "
+                f"different attention sites ({self.layers} vs {list(stats.layers)})."
+            )
+        w = counts[:, None]
+        for key in ("entropy", "distance", "special_share"):
+            val = getattr(stats, key)
+            if val is None:
+                continue
+            ok = np.isfinite(val)
+            num = np.where(ok, val * w, 0.0)
+            den = np.where(ok, np.broadcast_to(w, val.shape), 0.0)
+            if key in self.num:
+                self.num[key], self.den[key] = _padded_add(self.num[key], num), _padded_add(
+                    self.den[key], den
+                )
+            else:
+                self.num[key], self.den[key] = num, den
+
+    def result(self) -> HeadStatistics:
+        if self.layers is None:
+            raise ValueError(
+                "Received an invalid value for argument `dataset`: it is empty (no elements)."
+            )
+        out = {}
+        for key, num in self.num.items():
+            den = self.den[key]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[key] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        return HeadStatistics(
+            layers=self.layers,
+            entropy=out["entropy"],
+            distance=out["distance"],
+            special_share=out.get("special_share"),
         )
-    den = max(total_q, 1.0)
-    return HeadStatistics(
-        layers=names,
-        entropy=sums["entropy"] / den,
-        distance=sums["distance"] / den,
-        special_share=sums["special_share"] / den if "special_share" in sums else None,
-    )
+
+
+def _padded_add(a, b):
+    shape = tuple(max(x, y) for x, y in zip(a.shape, b.shape))
+    a = np.pad(a, [(0, s - c) for s, c in zip(shape, a.shape)])
+    b = np.pad(b, [(0, s - c) for s, c in zip(shape, b.shape)])
+    return a + b

@@ -3,8 +3,11 @@
 Writers (`write_attention`, `write_token_attributions`, `write_head_statistics`,
 `write_profile`) take a log directory (or a `tf.summary.SummaryWriter`) and
 plain result objects. Callbacks (`AttentionMonitor`, `AttributionMonitor`,
-`GradientFlow`, `ProfileCallback`) log during `model.fit`; a failing callback
-logs the error and never stops training. Open the results with
+`GradientFlow`, `ProfileCallback`) log during `model.fit` and accept
+keras-hub dict inputs. Each checks what it needs when training starts; with
+`strict=True` a failure raises out of `fit`, otherwise it is logged once with
+`logging.error` (what failed and what to do), counted in `.failures`, and
+what cannot work is turned off. Open the results with
 `tensorboard --logdir <logdir>`.
 """
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import os
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -58,6 +60,26 @@ def _check_step(step) -> int:
 
 def _clean(tag: str) -> str:
     return str(tag).replace(":", "_").replace(" ", "_")
+
+
+_MARKDOWN = re.compile(r"([\\`*_\[\]#|~])")
+
+
+def escape_token(token) -> str:
+    r"""A token as literal text for TensorBoard's markdown text dashboard.
+
+    Tokens come from user text: markdown characters are backslash-escaped
+    (`**`, `|`, `#` stay literal) and HTML is escaped (`html.escape`), so a
+    token such as `<script>` or `a|b` is shown as written and cannot break
+    the table or inject markup.
+
+    Example:
+
+    >>> from kerastrace.tensorboard._writers import escape_token
+    >>> escape_token("<b>"), escape_token("a|b"), escape_token("##ing")
+    ('&lt;b&gt;', 'a\\|b', '\\#\\#ing')
+    """
+    return html.escape(_MARKDOWN.sub(r"\\\1", str(token)))
 
 
 def _tokens_for(tokens, b, t):
@@ -204,8 +226,8 @@ def write_attention(
                     img = attention_grid_image({name: w}, batch=batch, mask=m, cell=160)
                     tf.summary.image(tags[-1], img, step=step)
             tags.append(f"{prefix}/tokens")
-            text = "rows: layers " + ", ".join(f"`{n}`" for n in weights_by_layer)
-            text += "; columns: heads; tokens: " + " ".join(toks[i] for i in keep)
+            text = "rows: layers " + ", ".join(escape_token(n) for n in weights_by_layer)
+            text += "; columns: heads; tokens: " + " ".join(escape_token(toks[i]) for i in keep)
             tf.summary.text(tags[-1], text, step=step)
         return tags
     with _writing(logdir_or_writer):
@@ -220,14 +242,34 @@ def write_attention(
     return tags
 
 
-def _markdown_tokens(scores, tokens, top_k):
-    order = np.argsort(-np.abs(scores), kind="stable")[:top_k]
+def _markdown_tokens(scores, tokens, shown, ranked, top_k):
+    """The sentence (top tokens in bold) and the top-`top_k` table, tokens escaped.
+
+    `shown`: positions in the sentence; `ranked`: positions that may be ranked.
+    """
+    ranked = np.asarray(ranked, np.int64)
+    order = ranked[np.argsort(-np.abs(scores[ranked]), kind="stable")[:top_k]]
     top = set(order.tolist())
-    words = [f"**{tok}**" if i in top else tok for i, tok in enumerate(tokens)]
+    words = [
+        f"**{escape_token(tokens[i])}**" if i in top else escape_token(tokens[i]) for i in shown
+    ]
     lines = [" ".join(words), "", "| rank | token | score |", "|---|---|---|"]
     for r, i in enumerate(order, 1):
-        lines.append(f"| {r} | {tokens[i]} | {scores[i]:.4g} |")
+        lines.append(f"| {r} | {escape_token(tokens[i])} | {scores[i]:.4g} |")
     return "\n".join(lines)
+
+
+def _bool_rows(name, value, b, t):
+    if value is None:
+        return np.zeros((b, t), bool)
+    arr = np.asarray(value)
+    try:
+        return np.broadcast_to(arr.astype(bool), (b, t))
+    except ValueError:
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`, expected a boolean array of "
+            f"shape ({b}, {t}) or ({t},) (the scores' shape). Received: {name}.shape={arr.shape}"
+        ) from None
 
 
 def write_token_attributions(
@@ -238,6 +280,7 @@ def write_token_attributions(
     *,
     name: str = "attributions",
     mask=None,
+    special=None,
     top_k: int = 5,
     max_examples: int = 3,
 ) -> list[str]:
@@ -246,7 +289,11 @@ def write_token_attributions(
     Per example `i` (up to `max_examples`): an image `"<name>/example_<i>"`
     (red positive, blue negative) and a text `"<name>/example_<i>/text"` with
     the sentence (top tokens in bold) and a table of the `top_k` tokens by
-    absolute score. Masked tokens are left out.
+    absolute score. Masked tokens are left out. `special` tokens (e.g.
+    `[CLS]`, `[SEP]`) are shown but not ranked, and do not set the colour
+    scale, so that they cannot push the words that matter out of the top
+    `top_k` nor wash out their colours. Tokens are escaped for the markdown
+    text dashboard (`escape_token`).
 
     Args:
         logdir_or_writer: Log directory or a `tf.summary.SummaryWriter`.
@@ -254,7 +301,9 @@ def write_token_attributions(
         tokens: `T` token strings, or one list per example.
         step: Summary step.
         name: Tag prefix.
-        mask: Optional `(B, T)` or `(T,)` boolean array.
+        mask: Optional `(B, T)` or `(T,)` boolean array, True on tokens to show.
+        special: Optional `(B, T)` or `(T,)` boolean array, True on tokens to
+            show but leave out of the ranking and the colour scale.
         top_k: Rows in the text table.
         max_examples: Examples written.
 
@@ -277,18 +326,26 @@ def write_token_attributions(
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim == 1:
         s = s[None]
+    if s.ndim != 2:
+        raise ValueError(
+            "Received an invalid value for argument `scores`, expected (T,) or (B, T) token "
+            f"scores. Received: scores.shape={s.shape}"
+        )
     b, t = s.shape
     toks = _tokens_for(tokens, b, t)
-    m = np.ones((b, t), bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), (b, t))
+    m = np.ones((b, t), bool) if mask is None else _bool_rows("mask", mask, b, t)
+    sp = _bool_rows("special", special, b, t)
     tags = []
     with _writing(logdir_or_writer):
         for i in range(min(b, max_examples)):
-            keep = np.flatnonzero(m[i])
-            fig, _ = plot_token_attributions(s[i], toks[i], mask=m[i])
+            shown = np.flatnonzero(m[i])
+            ranked = np.flatnonzero(m[i] & ~sp[i])
+            vmax = float(np.abs(s[i][ranked]).max()) if ranked.size else None
+            fig, _ = plot_token_attributions(s[i], toks[i], mask=m[i], vmax=vmax or None)
             tags.append(f"{name}/example_{i}")
             tf.summary.image(tags[-1], figure_to_image(fig), step=step)
             tags.append(f"{name}/example_{i}/text")
-            text = _markdown_tokens(s[i][keep], [toks[i][j] for j in keep], top_k)
+            text = _markdown_tokens(s[i], toks[i], shown, ranked, top_k)
             tf.summary.text(tags[-1], text, step=step)
     return tags
 

@@ -10,6 +10,20 @@ import os
 import sys
 
 
+def _dict_model():
+    import keras
+
+    keras.utils.set_random_seed(1)
+    ids = keras.Input((None,), dtype="int32", name="token_ids")
+    mask = keras.Input((None,), dtype="int32", name="padding_mask")
+    h = keras.layers.Embedding(30, 8, name="token_embedding")(ids)
+    h = keras.layers.Dense(8, activation="tanh")(h)
+    m = keras.ops.expand_dims(keras.ops.cast(mask, "float32"), -1)
+    pooled = keras.ops.sum(h * m, axis=1) / keras.ops.maximum(keras.ops.sum(m, axis=1), 1.0)
+    out = keras.layers.Dense(2)(pooled)
+    return keras.Model({"token_ids": ids, "padding_mask": mask}, out)
+
+
 def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -48,6 +62,22 @@ def main():
         "inputs_equal": bool(np.array_equal(dist.inputs, ids)),
         "num_shards": dist.num_shards,
     }
+    # dict features (keras-hub style) through strategy.run
+    mask = (ids != 0).astype("int32")
+    dict_ds = tf.data.Dataset.from_tensor_slices(
+        ({"token_ids": ids, "padding_mask": mask}, y)
+    ).batch(4)
+    with strategy.scope():
+        dict_model = _dict_model()
+    dict_lig = LayerIntegratedGradients(dict_model, "token_embedding")
+    dict_single = attribute_dataset(dict_lig, dict_ds, **kw)
+    dict_dist = attribute_dataset(dict_lig, dict_ds, strategy=strategy, **kw)
+    result["dict_max_attr_diff"] = float(
+        np.abs(dict_single.attributions - dict_dist.attributions).max()
+    )
+    result["dict_index"] = dict_dist.load()["index"].tolist()
+    result["dict_inputs_equal"] = bool(np.array_equal(dict_dist.inputs, ids))
+    result["dict_attr_nonzero"] = bool(np.abs(dict_dist.attributions).max() > 0)
     late = build_text_classifier(30, 8, dim=16, num_heads=2, ff_dim=16, num_layers=1)
     try:
         attribute_dataset(LayerIntegratedGradients(late, "embedding"), ds, strategy=strategy, **kw)

@@ -22,7 +22,9 @@ class Counting:
         self.calls = []
 
     def attribute(self, inputs, **kwargs):
-        self.calls.append(int(np.asarray(inputs).shape[0]))
+        first = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
+        first = first[0] if isinstance(first, tuple) else first
+        self.calls.append(int(np.asarray(first).shape[0]))
         return self.method.attribute(inputs, **kwargs)
 
 

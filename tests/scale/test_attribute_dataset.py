@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -192,3 +193,88 @@ def test_bad_input_errors(dense_model, dense_data):
         attribute_dataset(sal, x, progress=False)
     with pytest.raises(TypeError, match="strategy"):
         attribute_dataset(sal, _ds(x, y), strategy="mirrored", progress=False)
+
+
+def test_label_shapes(dense_model, dense_data):
+    x, y = dense_data
+    sal = Saliency(dense_model)
+    want = sal.attribute(x, target=y)
+    onehot = np.eye(3, dtype="float32")[y]
+    probabilities = 0.8 * onehot + 0.1 * (1 - onehot)  # rows sum to 1, argmax = y
+    for labels in (y, y[:, None], onehot, probabilities, y.astype("float32")):
+        store = attribute_dataset(sal, _ds(x, labels), progress=False)
+        np.testing.assert_array_equal(store.targets, y)
+        np.testing.assert_allclose(store.attributions, want, rtol=1e-6)
+    # (B, C) rows with C = the 3 outputs that are not one-hot/probabilities
+    with pytest.raises(ValueError, match=r"shape \(4, 3\).*do not sum to 1.*per-position"):
+        attribute_dataset(sal, _ds(x, np.tile([[0, 2, 1]], (11, 1))), progress=False)
+    # per-position labels (B, T) with T != the number of outputs
+    with pytest.raises(ValueError, match=r"shape \(4, 5\).*per-position.*callable target"):
+        attribute_dataset(sal, _ds(x, np.zeros((11, 5), "int32")), progress=False)
+    with pytest.raises(ValueError, match="per-position"):
+        attribute_dataset(sal, _ds(x, np.zeros((11, 3, 1), "int32")), progress=False)
+
+
+def test_one_hot_labels_on_a_subclassed_model(dense_model, dense_data):
+    # No symbolic outputs: the number of outputs comes from a forward pass.
+    class Wrapped(keras.Model):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def call(self, x):
+            return self.inner(x)
+
+    x, y = dense_data
+    model = Wrapped(dense_model)
+    sal = Saliency(model)
+    store = attribute_dataset(sal, _ds(x, np.eye(3, dtype="float32")[y]), progress=False)
+    np.testing.assert_array_equal(store.targets, y)
+    np.testing.assert_allclose(store.attributions, Saliency(dense_model).attribute(x, target=y),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="per-position"):
+        attribute_dataset(sal, _ds(x, np.zeros((11, 4), "int32")), progress=False)
+
+
+def test_dict_features_of_a_functional_model():
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    h = keras.layers.Concatenate()([a, b])
+    model = keras.Model({"a": a, "b": b}, keras.layers.Dense(2)(keras.layers.Dense(4)(h)))
+    rng = np.random.default_rng(0)
+    x = {"a": rng.normal(size=(7, 3)).astype("float32"),
+         "b": rng.normal(size=(7, 2)).astype("float32")}
+    y = np.arange(7) % 2
+    ig = IntegratedGradients(model)
+    store = attribute_dataset(ig, _ds(x, y, batch=3), n_steps=16, progress=False)
+    direct, delta = ig.attribute(x, target=y, n_steps=16, return_convergence_delta=True)
+    fields = store.load()
+    np.testing.assert_allclose(fields["attributions_a"], direct["a"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fields["attributions_b"], direct["b"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(store.delta, delta, atol=1e-5)
+    assert "inputs" not in fields  # two entries and no "token_ids": nothing to keep
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['b'\]"):
+        attribute_dataset(ig, _ds({"a": x["a"]}, y), progress=False)
+
+
+def test_progress_bar_counts_examples(dense_model, dense_data, monkeypatch, capsys):
+    bars = []
+
+    class Recording(keras.utils.Progbar):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.seen = []
+            bars.append(self)
+
+        def update(self, current, values=None, finalize=None):
+            super().update(current, values, finalize)
+            self.seen.append(self._values["examples"])
+
+    monkeypatch.setattr(keras.utils, "Progbar", Recording)
+    x, y = dense_data
+    attribute_dataset(Saliency(dense_model), _ds(x, y, batch=4), progress=True)
+    (bar,) = bars
+    # the running count after each batch, not its average over the batches so far
+    assert [total / count for total, count in bar.seen] == [4, 8, 11]
+    shown = [float(s) for s in re.findall(r"examples: ([0-9.]+)", capsys.readouterr().out)]
+    assert shown and shown[-1] == 11 and set(shown) <= {4, 8, 11}

@@ -19,6 +19,8 @@ def test_mirrored_two_logical_devices_equals_single_device(tmp_path):
     assert res["index"] == list(range(11))  # gathered in dataset order
     assert res["max_attr_diff"] < 1e-5 and res["max_delta_diff"] < 1e-5
     assert res["labels_equal"] and res["inputs_equal"] and res["num_shards"] == 3
+    assert res["dict_index"] == list(range(11)) and res["dict_inputs_equal"]
+    assert res["dict_max_attr_diff"] < 1e-5 and res["dict_attr_nonzero"]
     assert "not created under this strategy's scope" in res["late_error"]
     assert "strategy.scope()" in res["late_error"]
 

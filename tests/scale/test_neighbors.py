@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerastrace.scale import NeighborIndex, neighbors_for_texts
+from kerastrace.scale import NeighborIndex, neighbors_for_texts, representation_fn
 
 
 def _brute(emb, q, k, metric):
@@ -59,7 +59,7 @@ def test_build_from_cls_of_last_block(text_model, token_data):
 
 def test_bad_arguments(text_model, token_data):
     ids, y = token_data
-    with pytest.raises(ValueError, match="no layer named 'nope'"):
+    with pytest.raises(ValueError, match="no layer with that path or name.*layer_or_fn='nope'"):
         NeighborIndex.build(text_model, "nope", ids)
     with pytest.raises(ValueError, match="metric"):
         NeighborIndex.build(text_model, "block_1", ids, metric="dot")
@@ -96,3 +96,63 @@ def test_neighbors_for_texts(text_model):
     assert out[0]["neighbors"][0]["similarity"] == pytest.approx(1.0, abs=1e-5)
     assert out[1]["neighbors"][0]["text"] == "great movie"
     assert [n["rank"] for n in out[1]["neighbors"]] == [1, 2]
+
+
+class _Inner(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.proj = keras.layers.Dense(4, name="proj")
+
+    def call(self, x):
+        return keras.ops.tanh(self.proj(x))
+
+
+class _Subclassed(keras.Model):
+    """Embedding -> a custom layer holding a Dense -> mean -> head; never functional."""
+
+    def __init__(self):
+        super().__init__(name="subclassed")
+        self.emb = keras.layers.Embedding(20, 3, name="emb")
+        self.inner = _Inner(name="inner")
+        self.unused = keras.layers.Dense(2, name="unused")
+        self.head = keras.layers.Dense(2, name="head")
+
+    def call(self, ids):
+        return self.head(keras.ops.mean(self.inner(self.emb(ids)), axis=1))
+
+
+def test_representation_fn_on_a_subclassed_model():
+    keras.utils.set_random_seed(0)
+    model = _Subclassed()
+    model.unused.build((None, 4))  # built but never called
+    ids = np.array([[1, 5, 7, 0], [3, 0, 0, 0], [0, 0, 9, 2]], "int32")  # 0 is padding
+    model(ids)
+    proj = np.asarray(model.inner.proj(model.emb(ids)))  # oracle: the sublayers by hand
+    hidden = np.tanh(proj)
+    m = ids != 0
+    np.testing.assert_allclose(representation_fn(model, "inner/proj", position=None)(ids),
+                               proj.reshape(3, -1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(representation_fn(model, model.inner, position="mean")(ids),
+                               (hidden * m[..., None]).sum(1) / m.sum(1, keepdims=True),
+                               rtol=1e-5, atol=1e-6)
+    first, last = m.argmax(1), 3 - m[:, ::-1].argmax(1)  # the real tokens at both ends
+    np.testing.assert_allclose(representation_fn(model, "inner", position="cls")(ids),
+                               hidden[np.arange(3), first], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(representation_fn(model, "inner", position="last")(ids),
+                               hidden[np.arange(3), last], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(representation_fn(model, "inner", position=-1)(ids),
+                               hidden[:, -1], rtol=1e-5, atol=1e-6)
+    # pad_id=None: every position is real
+    np.testing.assert_allclose(
+        representation_fn(model, "inner", position="mean", pad_id=None)(ids),
+        hidden.mean(1), rtol=1e-5, atol=1e-6)
+    index = NeighborIndex.build(model, "inner", ids, position="mean")
+    np.testing.assert_array_equal(index.query(ids, k=1).indices[:, 0], [0, 1, 2])
+    with pytest.raises(ValueError, match="'unused' is not called by the model"):
+        representation_fn(model, "unused")(ids)
+    with pytest.raises(ValueError, match="position"):
+        representation_fn(model, "inner", position="first")
+    with pytest.raises(ValueError, match=r"position.*\[-4, 4\)"):
+        representation_fn(model, "inner", position=4)(ids)
+    with pytest.raises(TypeError, match="needs the Keras model"):
+        representation_fn(None, model.inner)

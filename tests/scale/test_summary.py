@@ -119,3 +119,30 @@ def test_attention_statistics_dataset_equals_whole_dataset(text_model, token_dat
     assert not np.allclose(unmasked.entropy, stats.entropy)  # masking matters
     with pytest.raises(ValueError, match="empty"):
         attention_statistics_dataset(text_model, ds.take(0))
+
+
+def test_attention_statistics_with_cross_attention_and_padding():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    ids_in, queries = keras.Input((6,), dtype="int32"), keras.Input((3, 8))
+    tokens = keras.layers.Embedding(20, 8)(ids_in)
+    h = keras.layers.MultiHeadAttention(2, 4, name="self_mha")(tokens, tokens)
+    # 3 queries of another sequence attend to the tokens; 3 heads: NaN-padded rows
+    out = keras.layers.MultiHeadAttention(3, 4, name="cross_mha")(queries, h)
+    model = keras.Model([ids_in, queries], out)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 20, size=(7, 6)).astype("int32")
+    for i, n in enumerate([6, 2, 3, 6, 4, 2, 5]):  # batches with unequal padding
+        ids[i, n:] = 0
+    xq = rng.normal(size=(7, 3, 8)).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices(((ids, xq),)).batch(3)
+    stats = attention_statistics_dataset(model, ds, special=[0])
+    oracle = head_statistics(collect(model, [ids, xq]), mask=ids != 0, special=[0])
+    assert stats.layers == oracle.layers == ["self_mha", "cross_mha"]
+    assert np.isnan(oracle.distance[1]).all() and np.isnan(oracle.entropy[0, 2])
+    # each layer is averaged over its own queries: all 3 cross-attention queries of
+    # every example, but only the real tokens for self-attention
+    for key in ("entropy", "distance", "special_share"):
+        np.testing.assert_allclose(getattr(stats, key), getattr(oracle, key), rtol=1e-5)
+    assert np.isfinite(stats.entropy[1]).all() and np.isfinite(stats.distance[0, :2]).all()

@@ -115,3 +115,20 @@ def test_fast_style_grid_pixels(tmp_path):
     )  # default cell=96
     with pytest.raises(ValueError, match="style"):
         write_attention(tmp_path, {"l": w}, style="nope")
+
+
+def test_token_attributions_special_tokens_and_escaping(tmp_path):
+    scores = np.array([9.0, 1.0, -3.0, 2.0, 8.0])
+    toks = ["[CLS]", "<script>x</script>", "**", "a|b", "[SEP]"]
+    special = np.array([1, 0, 0, 0, 1], bool)
+    write_token_attributions(tmp_path, scores, toks, special=special, top_k=2)
+    text = read_events(tmp_path)["attributions/example_0/text"][0][1]
+    lines = text.splitlines()
+    # special tokens shown, never ranked; user text shown literally, never as markup
+    assert lines[0] == r"\[CLS\] &lt;script&gt;x&lt;/script&gt; **\*\*** **a\|b** \[SEP\]"
+    assert lines[4:] == [r"| 1 | \*\* | -3 |", r"| 2 | a\|b | 2 |"]
+    assert "<script>" not in text
+    with pytest.raises(ValueError, match="`special`"):
+        write_token_attributions(tmp_path, scores, toks, special=[True, False])
+    write_attention(tmp_path / "f", {"l": np.full((1, 1, 2, 2), 0.5)}, ["<i>", "b"], style="fast")
+    assert read_events(tmp_path / "f")["attention/tokens"][0][1].endswith("tokens: &lt;i&gt; b")
