@@ -114,7 +114,7 @@ def run_demo(
     seed: int = 0,
     verbose: int = 1,
     n_explain: int = 100,
-    ig_steps: int = 32,
+    ig_steps: int = 64,
 ) -> DemoResult:
     """Train the demo text classifier and report where its attention went.
 
@@ -246,6 +246,7 @@ def run_demo(
         scores, _, delta = explain.token_attributions(
             model, ids, method=method, target=targets, n_steps=ig_steps,
             pad_id=tokenizer.pad_id, mask=te.mask[:n], seed=seed,
+            special_ids=[tokenizer.cls_id, tokenizer.sep_id],
         )
         all_scores[method] = scores
         word_scores = text.aggregate_to_words(scores, _subset(te, n))
@@ -253,9 +254,10 @@ def run_demo(
             max(range(len(ws)), key=lambda k, ws=ws: ws[k].score) == test.planted[i]
             for i, ws in enumerate(word_scores)
         ]
-        ranking = np.where(te.token_mask[:n], scores, -1e9)  # specials and padding last
+        # Only word tokens are ranked and removed; [CLS], [SEP] and padding stay.
         curve = attribution.metrics.deletion_curve(
-            model, ids, ranking, target=targets, baselines=tokenizer.pad_id, n_steps=8
+            model, ids, scores, target=targets, baselines=tokenizer.pad_id, n_steps=8,
+            mask=te.token_mask[:n],
         )
         faithfulness[method] = {
             "planted_top1": float(np.mean(top1)),

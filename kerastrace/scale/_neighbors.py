@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerastrace._utils import instrument
+from kerastrace._utils import instrument, tf_compat
 from kerastrace._utils import validation as v
 from kerastrace.scale import _store
 from kerastrace.scale._attribute import TOKEN_KEY, split_element, to_numpy
@@ -74,7 +74,7 @@ def _layer_reader(model, path, layer):
         state.check(path, "layer_or_fn")
         return _select_output(state.values[0], path)
 
-    fn = readers[path] = tf.function(read, reduce_retracing=True)
+    fn = readers[path] = tf_compat.function(read, reduce_retracing=True)
     return fn
 
 

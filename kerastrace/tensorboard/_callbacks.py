@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerastrace._utils import instrument
+from kerastrace._utils import instrument, tf_compat
 from kerastrace._utils import validation as v
 from kerastrace.tensorboard._writers import (
     get_writer,
@@ -821,7 +821,7 @@ class GradientFlow(_Monitor):
         histograms = self.histograms
         training = self.training
 
-        @tf.function(reduce_retracing=True)
+        @functools.partial(tf_compat.function, reduce_retracing=True)
         def fn(x, y, sample_weight, step, record):
             _, grads = _probe_gradients(model, x, y, sample_weight, training=training)
             norms = {}

@@ -82,3 +82,24 @@ def test_no_attention_layers():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="SelfAttention"):
         AttentionXGradient(model)
+
+
+def test_attention_x_gradient_on_keras_mha_matches_analytic(rng):
+    """Stock keras MultiHeadAttention: d score / d A[n, t, s] = (1/T) V[s, n] . (W_o[n] w)."""
+    keras.utils.set_random_seed(3)
+    x_in = keras.Input((T, D))
+    mha = keras.layers.MultiHeadAttention(num_heads=H, key_dim=KD, name="mha")
+    pooled = keras.layers.GlobalAveragePooling1D()(mha(x_in, x_in))
+    model = keras.Model(x_in, keras.layers.Dense(1, name="head")(pooled))
+    x = rng.normal(size=(3, T, D)).astype("float32")
+    _, ref_w = mha(x, x, return_attention_scores=True)
+    value = mha.value_dense(x).numpy()  # (B, S, N, H)
+    w_head = model.get_layer("head").get_weights()[0][:, 0]  # (D,)
+    u = np.einsum("nhd,d->nh", mha.output_dense.kernel.numpy(), w_head)
+    oracle = np.einsum("bsnh,nh->bns", value, u)[:, :, None, :] / T  # same for every query t
+    oracle = np.broadcast_to(oracle, ref_w.shape)
+    wg = AttentionXGradient(model).weights_and_gradients(x)
+    (weights, grads), = wg.values()
+    np.testing.assert_allclose(weights, ref_w.numpy(), atol=1e-6)
+    np.testing.assert_allclose(grads, oracle, rtol=1e-4, atol=1e-6)
+    assert wg.sites["mha"].family == "keras"
