@@ -186,7 +186,7 @@ def test_03_profiling(execute):
     mobile = re.search(r"([\d,]+) parameters \(keras count_params: ([\d,]+)\)", out)
     assert mobile and mobile.group(1) == mobile.group(2)
     assert "Model profile: text_classifier (batch size 8" in out
-    assert re.search(r"text_classifier/block_0/attention\s+SelfAttention\s+flops=", out)
+    assert re.search(r"(?m)^block_0/attention\s+SelfAttention\s+flops=", out)
     assert "CSV header: path,class_name" in out
     assert "event files: ['events.out.tfevents" in out
     workdir = re.search(r"files go to (\S+)", out).group(1)

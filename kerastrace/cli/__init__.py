@@ -2,7 +2,8 @@
 
 `kerastrace --help` is instant: TensorFlow is imported only when a
 subcommand runs. Errors print one line on stderr and exit with status 2
-(bad input) or 1 (failure); `--debug` shows the traceback.
+(bad input, a missing optional dependency) or 1 (failure); `--debug` shows
+the traceback.
 """
 
 from __future__ import annotations
@@ -47,16 +48,35 @@ def _cmd(name):
     return run
 
 
-def _model_inputs(p, needs_vocab=True):
-    p.add_argument("model", metavar="MODEL", help="a saved .keras model")
-    p.add_argument("--vocab", help="vocab.txt for --text/--text-file (one token per line)")
-    p.add_argument("--text", action="append", help="a sentence (repeatable)")
-    p.add_argument("--text-file", help="a file with one sentence per line")
-    p.add_argument("--npy", help="an .npy array of model inputs instead of text")
-    p.add_argument("--output-dir", default="kerastrace_out", help="where to write files")
-    p.add_argument("--logdir", help="also write TensorBoard summaries here")
+def _loading_options(p):
+    """Options of every subcommand that loads a saved model."""
+    p.add_argument("--custom-objects", "--import", dest="custom_objects", action="append",
+                   default=[], metavar="FILE.py",
+                   help="a Python file imported before the model is loaded (its "
+                   "@keras.saving.register_keras_serializable classes register themselves; a "
+                   "CUSTOM_OBJECTS dict in it is passed to keras.saving.load_model); repeatable")
     p.add_argument("--unsafe", action="store_true",
                    help="allow unsafe deserialization (Lambda layers); only for trusted files")
+
+
+def _sequence_length_option(p):
+    p.add_argument("--sequence-length", type=int, default=None, metavar="N",
+                   help="tokens per text for --text/--text-file (default: the model's fixed "
+                   "input length; for models that take any length, such as keras-hub ones, "
+                   "128, capped at the backbone's max_sequence_length)")
+
+
+def _model_inputs(p):
+    p.add_argument("model", metavar="MODEL", help="a saved .keras model")
+    p.add_argument("--vocab", help="vocab.txt for --text/--text-file (one token per line; at "
+                   "most as many tokens as the model's token embedding has rows)")
+    p.add_argument("--text", action="append", help="a sentence (repeatable)")
+    p.add_argument("--text-file", help="a file with one sentence per line")
+    p.add_argument("--npy", help="an .npy array of token ids instead of text (0 is padding)")
+    _sequence_length_option(p)
+    p.add_argument("--output-dir", default="kerastrace_out", help="where to write files")
+    p.add_argument("--logdir", help="also write TensorBoard summaries here")
+    _loading_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,8 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Profile a saved .keras model (or one built by a Python function).",
     )
     prof.add_argument("model", nargs="?", metavar="MODEL", help="a saved .keras model")
-    prof.add_argument("--builder", help="build the model with path.py:function instead")
-    prof.add_argument("--input-shape", help="input shape, e.g. 1,128 or 224,224,3")
+    prof.add_argument("--builder", metavar="PATH.py:FUNCTION",
+                      help="build the model with a function instead (the file may import "
+                      "modules next to it)")
+    prof.add_argument("--input-shape", action="append", default=[], metavar="SHAPE",
+                      help="input shape, e.g. 1,128 or 224,224,3 (with or without the batch "
+                      "dimension); repeat it once per model input, in order")
+    prof.add_argument("--input", action="append", default=[], dest="inputs",
+                      metavar="NAME:SHAPE[:DTYPE]",
+                      help="shape (and dtype) of the named input, e.g. token_ids:1,128:int32 "
+                      "for keras-hub models; repeatable; inputs left out keep the model's own")
     prof.add_argument("--batch-size", type=int, default=1, help="batch size (1)")
     prof.add_argument("--depth", type=int, default=None, help="fold layers below this depth")
     prof.add_argument("--logdir", help="keep the tf.profiler trace and summaries here")
@@ -96,8 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--sort-by", default=None, help="table column to sort by (e.g. flops)")
     prof.add_argument("--top-k", type=int, default=None, help="only the top K rows")
     prof.add_argument("--no-trace", action="store_true", help="FLOPs and parameters only")
-    prof.add_argument("--unsafe", action="store_true",
-                      help="allow unsafe deserialization; only for trusted files")
+    _loading_options(prof)
     prof.set_defaults(func=_cmd("profile"))
 
     from kerastrace.explain import METHODS
@@ -119,8 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Collect every attention layer's weights and draw them.",
     )
     _model_inputs(att)
-    att.add_argument("--layer", help="layer path for the single-head picture (default: last)")
-    att.add_argument("--head", type=int, default=0, help="head for the single-head picture")
+    att.add_argument("--layer", help="attention map (layer path, `path:1` for a second call) "
+                     "for the single-head picture (default: the last one)")
+    att.add_argument("--head", type=int, default=0,
+                     help="head for the single-head picture (0 <= HEAD < heads of --layer)")
+    att.add_argument("--stack", help="draw the rollout of this stack only (encoder-decoder "
+                     "models: encoder or decoder; default: one rollout per stack)")
     att.set_defaults(func=_cmd("attention"))
 
     nb = sub.add_parser(
@@ -139,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("--layer", help="layer name whose output is the representation")
     nb.add_argument("--metric", choices=("cosine", "l2"), default="cosine")
     nb.add_argument("--format", choices=("table", "json"), default="table")
-    nb.add_argument("--unsafe", action="store_true",
-                    help="allow unsafe deserialization; only for trusted files")
+    _sequence_length_option(nb)
+    _loading_options(nb)
     nb.set_defaults(func=_cmd("neighbors"))
     return parser
 
@@ -178,6 +209,12 @@ def _import_tensorflow_quietly() -> None:
             os.close(devnull)
 
 
+def _one_line(exc) -> str:
+    """The message of `exc` on one line (a message may span several)."""
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -195,13 +232,14 @@ def main(argv=None) -> int:
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         if args.debug:
             raise
-        print(f"kerastrace {args.command}: error: {exc}", file=sys.stderr)
+        print(f"kerastrace {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - one clear line, traceback with --debug
         if args.debug:
             raise
-        print(f"kerastrace {args.command}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"kerastrace {args.command}: failed: {type(exc).__name__}: {_one_line(exc)}",
+              file=sys.stderr)
         return EXIT_FAILURE

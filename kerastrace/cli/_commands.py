@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 
 import numpy as np
 
@@ -21,37 +23,124 @@ def _parse_shape(text: str, arg: str = "--input-shape") -> tuple:
     return dims
 
 
-def _load_model(path: str, unsafe: bool):
-    from kerastrace.profiling import load_model_for_profiling
-
-    return load_model_for_profiling(path, safe_mode=not unsafe)
-
-
 def _check_exists(path: str, arg: str):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{arg}: no such file: {path}")
 
 
+def _custom_objects(args) -> dict:
+    """Import every --custom-objects file (in order); merge their CUSTOM_OBJECTS dicts."""
+    from kerastrace.profiling import import_custom_objects
+
+    merged: dict = {}
+    for path in getattr(args, "custom_objects", None) or []:
+        _check_exists(path, "--custom-objects")
+        merged.update(import_custom_objects(path))
+    return merged
+
+
+def _load_model(args):
+    """The MODEL file, after the --custom-objects files are imported."""
+    from kerastrace.profiling import load_model_for_profiling
+
+    _check_exists(args.model, "MODEL")
+    custom = _custom_objects(args)
+    with warnings.catch_warnings():
+        # keras-hub tasks override compile(); Keras then warns that it did not
+        # re-compile the loaded model, which no analysis here needs.
+        warnings.filterwarnings("ignore", message=r"`compile\(\)` was not called",
+                                category=UserWarning)  # fmt: skip
+        return load_model_for_profiling(
+            args.model, safe_mode=not args.unsafe, custom_objects=custom
+        )
+
+
 # ---------------------------------------------------------------- profile
+def _parse_input(text: str) -> tuple:
+    """`NAME:SHAPE[:DTYPE]` -> (name, shape, dtype or None)."""
+    import tensorflow as tf
+
+    parts = text.split(":")
+    expected = ("Received an invalid value for argument `--input`, expected NAME:SHAPE[:DTYPE] "
+                f"such as token_ids:1,128:int32. Received: {text!r}")  # fmt: skip
+    if len(parts) not in (2, 3) or not parts[0].strip():
+        raise ValueError(expected)
+    shape = _parse_shape(parts[1], arg="--input")
+    dtype = parts[2].strip() if len(parts) == 3 else None
+    if dtype is not None:
+        try:
+            dtype = tf.as_dtype(dtype).name
+        except TypeError:
+            raise ValueError(
+                f"Received an invalid value for argument `--input`: {dtype!r} is not a dtype "
+                f"(int32, int64, float32, bool, ...). Received: {text!r}"
+            ) from None
+    return parts[0].strip(), shape, dtype
+
+
+def _profile_shapes(args):
+    """(input_shape, input_dtype, flag) for `profile_model` from --input-shape / --input."""
+    if args.input_shape and args.inputs:
+        raise ValueError("give either --input-shape or --input NAME:SHAPE[:DTYPE], not both")
+    if args.inputs:
+        shapes, dtypes = {}, {}
+        for text in args.inputs:
+            name, shape, dtype = _parse_input(text)
+            if name in shapes:
+                raise ValueError(
+                    f"Received an invalid value for argument `--input`: input {name!r} is "
+                    f"given twice. Received: {text!r}"
+                )
+            shapes[name] = shape
+            if dtype is not None:
+                dtypes[name] = dtype
+        return shapes, dtypes or None, "--input"
+    if args.input_shape:
+        shapes = [_parse_shape(t) for t in args.input_shape]
+        return (shapes[0] if len(shapes) == 1 else shapes), None, "--input-shape"
+    return None, None, "--input-shape"
+
+
+def _for_cli(message: str, flag: str) -> str:
+    """Name the command-line flag in an error of `profile_model`."""
+    if "unknown non-batch dimensions" in message:
+        named = re.search(r"has input '([^']+)'", message)
+        how = (f"--input {named.group(1)}:1,128[:DTYPE] (one --input per model input)" if named
+               else "--input-shape 1,128")  # fmt: skip
+        return f"{message.split(' Pass `')[0]} Give every dimension, e.g. {how}."
+    return (
+        message.replace(" or `inputs=`", "")
+        .replace("`input_shape=`", f"`{flag}`")
+        .replace("`input_shape`", f"`{flag}`")
+        .replace("`input_dtype`", "`--input`")
+    )
+
+
 def profile(args) -> int:
     from kerastrace.profiling import build_from_builder, profile_model
 
+    input_shape, input_dtype, flag = _profile_shapes(args)
     if args.builder:
+        if args.model:
+            raise ValueError("give either MODEL or --builder path.py:function, not both")
+        _custom_objects(args)
         model = build_from_builder(args.builder)
+    elif not args.model:
+        raise ValueError("give a MODEL.keras path or --builder path.py:function")
     else:
-        if not args.model:
-            raise ValueError("give a MODEL.keras path or --builder path.py:function")
-        _check_exists(args.model, "MODEL")
-        model = _load_model(args.model, args.unsafe)
-    shape = _parse_shape(args.input_shape) if args.input_shape else None
-    result = profile_model(
-        model,
-        input_shape=shape,
-        batch_size=args.batch_size,
-        depth=args.depth,
-        trace=not args.no_trace,
-        logdir=args.logdir,
-    )
+        model = _load_model(args)
+    try:
+        result = profile_model(
+            model,
+            input_shape=input_shape,
+            input_dtype=input_dtype,
+            batch_size=args.batch_size,
+            depth=args.depth,
+            trace=not args.no_trace,
+            logdir=args.logdir,
+        )
+    except ValueError as exc:
+        raise ValueError(_for_cli(str(exc), flag)) from exc
     if args.format == "json":
         print(result.to_json())
     elif args.format == "csv":
@@ -74,43 +163,128 @@ def _texts(args) -> list[str]:
     return texts
 
 
+def _token_shape(model) -> tuple | None:
+    """Shape `(None, T or None, ...)` of the model's token-id input (`token_ids` of a dict)."""
+    from kerastrace._utils import instrument
+
+    specs = instrument.input_specs(model)
+    if isinstance(specs, dict):
+        if "token_ids" not in specs:
+            raise ValueError(
+                f"MODEL: it takes a dict of inputs {sorted(specs)} without 'token_ids'; "
+                "this command feeds token ids"
+            )
+        specs = specs["token_ids"]
+    elif isinstance(specs, (list, tuple)):
+        if len(specs) != 1:
+            raise ValueError(
+                f"MODEL: it takes {len(specs)} inputs; this command feeds one array of "
+                "token ids (or a keras-hub dict with 'token_ids')"
+            )
+        specs = specs[0]
+    shape = getattr(specs, "shape", None)
+    return None if shape is None else tuple(shape)
+
+
+def _max_sequence_length(model):
+    """A keras-hub backbone's `max_sequence_length` (the position table's size), or None."""
+    for obj in (model, getattr(model, "backbone", None)):
+        n = getattr(obj, "max_sequence_length", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+DEFAULT_SEQUENCE_LENGTH = 128
+
+
+def _sequence_length(args, model) -> int:
+    """Tokens per text: the model's fixed length, else --sequence-length, else 128 (capped)."""
+    shape = _token_shape(model)
+    fixed = shape[1] if shape is not None and len(shape) >= 2 else None
+    given = getattr(args, "sequence_length", None)
+    if given is not None and given < 2:
+        raise ValueError(
+            "Received an invalid value for argument `--sequence-length`, expected an integer "
+            f">= 2 (room for [CLS] and [SEP]). Received: {given}"
+        )
+    if fixed is not None:
+        if given is not None and given != fixed:
+            raise ValueError(
+                f"Received an invalid value for argument `--sequence-length`: the model takes "
+                f"exactly {fixed} tokens. Received: {given}"
+            )
+        return int(fixed)
+    if given is not None:
+        return given
+    cap = _max_sequence_length(model)
+    return min(DEFAULT_SEQUENCE_LENGTH, cap) if cap else DEFAULT_SEQUENCE_LENGTH
+
+
+def _check_vocab(tokenizer, model):
+    """Refuse a vocabulary with more tokens than the model's token embedding has rows."""
+    from kerastrace.explain import find_token_embedding
+
+    try:
+        embedding = find_token_embedding(model)
+    except ValueError:  # no token embedding: the command's own call says what is wrong
+        return
+    rows = int(embedding.input_dim)
+    if tokenizer.vocab_size > rows:
+        raise ValueError(
+            f"Received an invalid value for argument `--vocab`: it has {tokenizer.vocab_size} "
+            f"tokens but the model's token embedding {embedding.name!r} has {rows} rows "
+            f"(ids >= {rows} would be out of range); use the vocabulary the model was "
+            "trained with"
+        )
+
+
+def _tokenizer(args, model):
+    if not args.vocab:
+        raise ValueError("--vocab is required with --text/--text-file")
+    _check_exists(args.vocab, "--vocab")
+    from kerastrace.text import Tokenizer
+
+    tokenizer = Tokenizer(args.vocab, sequence_length=_sequence_length(args, model))
+    _check_vocab(tokenizer, model)
+    return tokenizer
+
+
 def _token_inputs(args, model):
-    """(ids, tokenizer or None, tokenized or None) from --text/--text-file/--npy."""
+    """(ids, mask, tokenizer or None, tokenized or None) from --text/--text-file/--npy."""
     texts = _texts(args)
     if args.npy and texts:
         raise ValueError("give either --npy or --text/--text-file, not both")
     if args.npy:
         _check_exists(args.npy, "--npy")
         ids = np.load(args.npy)
-        expected = tuple(model.input_shape[1:])
+        shape = _token_shape(model)
+        expected = shape[1:] if shape is not None else (None,)
         if ids.ndim == len(expected):
             ids = ids[None]
-        if tuple(ids.shape[1:]) != expected:
+        fits = ids.ndim == len(expected) + 1 and all(
+            e is None or e == d for e, d in zip(expected, ids.shape[1:])
+        )
+        if not fits or not np.issubdtype(ids.dtype, np.integer):
+            dims = ", ".join("T" if d is None else str(d) for d in expected)
             raise ValueError(
-                f"--npy: the array's shape {ids.shape} does not fit the model's input "
-                f"shape (batch, {', '.join(str(d) for d in expected)})"
+                f"--npy: the array's shape {ids.shape} ({ids.dtype}) does not fit the model's "
+                f"input shape (batch, {dims}) of integer token ids"
             )
-        return ids, None, None
+        return ids, ids != 0, None, None
     if not texts:
         raise ValueError("give --text, --text-file or --npy")
-    if not args.vocab:
-        raise ValueError("--vocab is required with --text/--text-file")
-    _check_exists(args.vocab, "--vocab")
-    from kerastrace.text import Tokenizer
-
-    length = model.input_shape[1]
-    tokenizer = Tokenizer(args.vocab, sequence_length=length)
+    tokenizer = _tokenizer(args, model)
     tok = tokenizer.tokenize(texts)
-    return tok.ids, tokenizer, tok
+    return tok.ids, tok.mask, tokenizer, tok
 
 
 # ---------------------------------------------------------------- explain
 def explain(args) -> int:
     from kerastrace import explain as ex
 
-    _check_exists(args.model, "MODEL")
-    model = _load_model(args.model, args.unsafe)
-    ids, tokenizer, tok = _token_inputs(args, model)
+    model = _load_model(args)
+    ids, mask, tokenizer, tok = _token_inputs(args, model)
     os.makedirs(args.output_dir, exist_ok=True)
     if tokenizer is not None:
         explanations = ex.explain_text(
@@ -129,7 +303,7 @@ def explain(args) -> int:
         mask = np.stack([e.mask for e in explanations])
     else:
         scores, targets, delta = ex.token_attributions(
-            model, ids, method=args.method, target=args.target, n_steps=args.steps
+            model, ids, method=args.method, target=args.target, n_steps=args.steps, mask=mask
         )
         records = [
             {"index": i, "target": int(targets[i]), "token_scores": scores[i].tolist(),
@@ -137,7 +311,6 @@ def explain(args) -> int:
             for i in range(len(ids))
         ]
         tokens = [[str(t) for t in row] for row in ids.tolist()]
-        mask = ids != 0
         from kerastrace.visualization import token_attributions_html
 
         html = "\n".join(
@@ -166,35 +339,80 @@ def explain(args) -> int:
 
 
 # ---------------------------------------------------------------- attention
+def _check_attention_choice(args, weights):
+    """Validate --layer, --head and --stack against the collected maps; return them."""
+    keys = list(weights)
+    layer = args.layer or keys[-1]
+    if layer not in weights:
+        raise ValueError(
+            f"Received an invalid value for argument `--layer`: no attention map {layer!r}; "
+            f"choose from {keys}"
+        )
+    heads = int(weights[layer].shape[1])
+    if not 0 <= args.head < heads:
+        raise ValueError(
+            f"Received an invalid value for argument `--head`, expected 0 <= head < {heads} "
+            f"({layer!r} has {heads} heads). Received: {args.head}"
+        )
+    stacks = weights.stacks
+    if args.stack is not None and args.stack not in stacks:
+        raise ValueError(
+            f"Received an invalid value for argument `--stack`, expected one of "
+            f"{sorted(stacks)}. Received: {args.stack!r}"
+        )
+    if args.stack == "cross":
+        raise ValueError(
+            "Received an invalid value for argument `--stack`: rollout chains "
+            "self-attention maps over one token axis; the 'cross' stack has none. Choose "
+            f"one of {sorted(s for s in stacks if s != 'cross')}."
+        )
+    chosen = [args.stack] if args.stack else [s for s in stacks if s != "cross"]
+    return layer, chosen
+
+
+def _on_tokens(weights, n):
+    """The maps whose queries and keys are the `n` input tokens."""
+    return {k: w for k, w in weights.items() if w.shape[-1] == n and w.shape[-2] == n}
+
+
 def attention(args) -> int:
     from kerastrace import attention as att
+    from kerastrace.explain import model_inputs
     from kerastrace.visualization import plot_attention_head, plot_model_view, plot_rollout
 
-    _check_exists(args.model, "MODEL")
-    model = _load_model(args.model, args.unsafe)
-    ids, tokenizer, tok = _token_inputs(args, model)
-    weights = att.collect(model, ids)
-    mask = ids != 0
+    model = _load_model(args)
+    ids, mask, _, tok = _token_inputs(args, model)
+    weights = att.collect(model, model_inputs(model, ids, mask))
+    layer, stacks = _check_attention_choice(args, weights)  # before any file is written
     tokens = tok.tokens[0] if tok is not None else [str(t) for t in ids[0].tolist()]
+    n = len(tokens)
     os.makedirs(args.output_dir, exist_ok=True)
     np.savez_compressed(
         os.path.join(args.output_dir, "attention.npz"),
-        **{k.replace("/", "__"): w for k, w in weights.items()},
+        **{k.replace("/", "__").replace(":", "__call"): w for k, w in weights.items()},
     )
-    fig, _ = plot_model_view(weights, tokens, mask=mask[0])
+    on_tokens = _on_tokens(weights, n)
+    fig, _ = plot_model_view(on_tokens, tokens, mask=mask[0])
     fig.savefig(os.path.join(args.output_dir, "model_view.png"), dpi=80)
-    layer = args.layer or list(weights)[-1]
-    if layer not in weights:
-        raise ValueError(f"--layer: no attention layer {layer!r}; choose from {sorted(weights)}")
     fig, _ = plot_attention_head(weights[layer], tokens, head=args.head, mask=mask[0],
                                  title=f"{layer} head {args.head}")
     fig.savefig(os.path.join(args.output_dir, "head.png"), dpi=100)
-    rollout = att.attention_rollout(weights, mask=mask)
-    fig, _ = plot_rollout(rollout, tokens, query=0, mask=mask[0])
-    fig.savefig(os.path.join(args.output_dir, "rollout.png"), dpi=100)
-    stats = att.head_statistics(weights, mask=mask)
+    written = ["attention.npz", "attention.json", "model_view.png", "head.png"]
+    for stack in stacks:
+        maps = weights.stack(stack)
+        if not _on_tokens(maps, n):
+            continue
+        rollout = att.attention_rollout(maps, mask=mask)
+        one = len(weights.stacks) == 1
+        name = "rollout.png" if one else f"rollout_{stack}.png"
+        fig, _ = plot_rollout(rollout, tokens, query=0, mask=mask[0],
+                              title="attention rollout" + ("" if one else f" ({stack})"))
+        fig.savefig(os.path.join(args.output_dir, name), dpi=100)
+        written.append(name)
+    stats = att.head_statistics(on_tokens, mask=mask)
     summary = {
         "layers": {k: list(w.shape) for k, w in weights.items()},
+        "stacks": weights.stacks,
         "head_statistics": {k: float(v) for k, v in stats.scalars().items()},
     }
     with open(os.path.join(args.output_dir, "attention.json"), "w") as f:
@@ -202,13 +420,12 @@ def attention(args) -> int:
     if args.logdir:
         from kerastrace.tensorboard import write_attention, write_head_statistics
 
-        write_attention(args.logdir, weights, tok.tokens if tok is not None else None, step=0,
+        write_attention(args.logdir, on_tokens, tok.tokens if tok is not None else None, step=0,
                         mask=mask)
         write_head_statistics(args.logdir, stats, step=0)
     for k, w in weights.items():
         print(f"{k}: {tuple(w.shape)}")
-    print(f"wrote {args.output_dir}/attention.npz, attention.json, model_view.png, head.png, "
-          "rollout.png")
+    print(f"wrote {args.output_dir}/{', '.join(written)}")
     if args.logdir:
         print(f"Open it in TensorBoard: tensorboard --logdir {args.logdir}")
     return 0
@@ -245,18 +462,15 @@ def _read_train_file(path: str):
 
 def neighbors(args) -> int:
     from kerastrace.scale import neighbors_for_texts
-    from kerastrace.text import Tokenizer
 
-    _check_exists(args.model, "MODEL")
-    model = _load_model(args.model, args.unsafe)
+    model = _load_model(args)
     queries = _texts(args)
     if not queries:
         raise ValueError("give --text or --text-file")
     if not args.vocab:
         raise ValueError("--vocab is required")
-    _check_exists(args.vocab, "--vocab")
     texts, labels = _read_train_file(args.train_file)
-    tokenizer = Tokenizer(args.vocab, sequence_length=model.input_shape[1])
+    tokenizer = _tokenizer(args, model)
     results = neighbors_for_texts(
         model, tokenizer, texts, labels, queries, k=args.k, layer=args.layer, metric=args.metric
     )

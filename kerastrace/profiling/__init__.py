@@ -1,7 +1,8 @@
 """Per-layer compute breakdown of Keras models: parameters, FLOPs, memory, measured time.
 
 `profile_model(model, ...)` returns a `ModelProfile` with one `LayerProfile`
-row per layer (nested layers included), FLOPs from the TensorFlow profiler over
+row per layer (nested layers included, named by their path without the model's
+name, e.g. `"block_0/attention"`), FLOPs from the TensorFlow profiler over
 the frozen forward graph (attention `Einsum` products counted too), and op
 times from a real `tf.profiler` trace kept for TensorBoard's profile plugin.
 
@@ -17,7 +18,11 @@ Example:
 
 from kerastrace.profiling._trace import ProfilerBusyError
 from kerastrace.profiling.core import profile_model
-from kerastrace.profiling.loading import build_from_builder, load_model_for_profiling
+from kerastrace.profiling.loading import (
+    build_from_builder,
+    import_custom_objects,
+    load_model_for_profiling,
+)
 from kerastrace.profiling.result import FLOPS_CONVENTION, LayerProfile, ModelProfile
 
 __all__ = [
@@ -26,6 +31,7 @@ __all__ = [
     "ModelProfile",
     "ProfilerBusyError",
     "build_from_builder",
+    "import_custom_objects",
     "load_model_for_profiling",
     "profile_model",
 ]

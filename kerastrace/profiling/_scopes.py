@@ -1,23 +1,28 @@
 """Layer tree of a Keras model and the TF name scopes its layers open when traced.
 
+The tree is `kerastrace._utils.instrument.walk(model)` (the one walker and
+path scheme of the package: paths without the model's name, each layer once)
+with the model itself as the root, at path `""`.
+
 Keras 3 layers open `tf.name_scope(layer.name)` when called on the TensorFlow
 backend, and the graph makes every scope unique (`dense` becomes `dense_1`,
 `dense_2`, ... one per call). Rather than guessing which suffix belongs to
-which layer, `record_scopes` wraps each layer's `call` while the model is
-traced and records the exact scope string each call opened, so an op named
-`functional_1/block_1/attention_1/MatMul` maps to the layer whose recorded
-scope is the longest prefix of its name.
+which layer, `record_scopes` intercepts every call of every layer (through
+`instrument.intercept`) while the model is traced and records the exact scope
+string each call opened, so an op named `functional_1/block_1/attention_1/MatMul`
+maps to the layer whose recorded scope is the longest prefix of its name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from kerastrace._utils import instrument
 
 
 @dataclasses.dataclass
@@ -34,32 +39,17 @@ class Node:
     output_bytes: int = 0
 
 
-def _direct_sublayers(layer):
-    flatten = getattr(layer, "_flatten_layers", None)
-    if flatten is not None:
-        subs = flatten(include_self=False, recursive=False)
-    else:  # pragma: no cover - every Keras 3 layer has it
-        subs = list(getattr(layer, "_layers", []))
-    return [s for s in subs if not isinstance(s, keras.layers.InputLayer)]
-
-
 def build_tree(model) -> tuple[Node, list[Node]]:
-    """Return the root node and all nodes in depth-first order (each layer once)."""
-    root = Node(model, model.name, 0, None)
+    """Return the root node (path `""`) and all nodes in depth-first order."""
+    root = Node(model, "", 0, None)
     nodes = [root]
-    seen = {id(model)}
-
-    def visit(node):
-        for sub in _direct_sublayers(node.layer):
-            if id(sub) in seen:
-                continue
-            seen.add(id(sub))
-            child = Node(sub, f"{node.path}/{sub.name}", node.depth + 1, node)
-            node.children.append(child)
-            nodes.append(child)
-            visit(child)
-
-    visit(root)
+    by_path = {"": root}
+    for n in instrument.walk(model):
+        parent = by_path[n.parent]
+        node = Node(n.layer, n.path, n.depth, parent)
+        parent.children.append(node)
+        by_path[n.path] = node
+        nodes.append(node)
     return root, nodes
 
 
@@ -72,48 +62,34 @@ def _nbytes(t) -> int:
     return int(np.prod(dims, dtype=np.int64)) * tf.as_dtype(dtype).size
 
 
+def _recorder(node):
+    def fn(original, *args, **kwargs):
+        node.scopes.append(tf.get_current_name_scope())
+        outputs = original(*args, **kwargs)
+        for t in tf.nest.flatten(outputs):
+            node.output_bytes += _nbytes(t)
+        if not node.output_shapes:
+            node.output_shapes.append(
+                tf.nest.map_structure(
+                    lambda t: tuple(t.shape) if hasattr(t, "shape") else None, outputs
+                )
+            )
+        return outputs
+
+    return fn
+
+
 @contextlib.contextmanager
 def record_scopes(nodes):
-    """Wrap each layer's `call` to record the TF name scope and outputs of every call.
+    """Record the TF name scope and outputs of every call of every node's layer.
 
-    The wrappers are instance attributes set with `object.__setattr__` (no
-    Keras tracking) and are removed on exit, so the model is left unchanged.
+    Each layer is intercepted with `instrument.intercept(layer, fn, call=None)`,
+    which always restores it, so the model is left unchanged.
     """
-    patched = []
-
-    def make_wrapper(node, original):
-        @functools.wraps(original)
-        def call(*args, **kwargs):
-            node.scopes.append(tf.get_current_name_scope())
-            outputs = original(*args, **kwargs)
-            for t in tf.nest.flatten(outputs):
-                if hasattr(t, "shape") and hasattr(t, "dtype"):
-                    node.output_bytes += _nbytes(t)
-            if len(node.output_shapes) == 0:
-                node.output_shapes.append(
-                    tf.nest.map_structure(
-                        lambda t: tuple(t.shape) if hasattr(t, "shape") else None, outputs
-                    )
-                )
-            return outputs
-
-        return call
-
-    try:
+    with contextlib.ExitStack() as stack:
         for node in nodes:
-            layer = node.layer
-            had_own = "call" in vars(layer)
-            original = layer.call
-            object.__setattr__(layer, "call", make_wrapper(node, original))
-            patched.append((layer, had_own, original))
+            stack.enter_context(instrument.intercept(node.layer, _recorder(node), call=None))
         yield
-    finally:
-        for layer, had_own, original in patched:
-            if had_own:
-                object.__setattr__(layer, "call", original)
-            else:
-                with contextlib.suppress(AttributeError):
-                    object.__delattr__(layer, "call")
 
 
 class ScopeIndex:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import numbers
+import re
 import tempfile
 from collections.abc import Sequence
 
@@ -12,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerastrace._utils import instrument, tf_compat
 from kerastrace._utils import validation as v
 from kerastrace.profiling import _flops, _scopes, _trace
 from kerastrace.profiling.result import LayerProfile, ModelProfile
@@ -27,44 +30,189 @@ def _is_shape(x) -> bool:
     )
 
 
-def _model_input_specs(model):
-    """`[(shape, dtype)]` of the model's symbolic inputs, or `None` if it has none."""
+@dataclasses.dataclass
+class _Spec:
+    """One model input: its name, shape (batch included) and dtype."""
+
+    name: str | None
+    shape: tuple
+    dtype: tf.DType | None = None
+
+
+def _model_specs(model):
+    """`(specs, is_dict)`: one `_Spec` per symbolic input, or `(None, False)` if none.
+
+    A dict of inputs (keras-hub) keeps the model's own key order
+    (`instrument.input_specs`); other models list `model.inputs` in order.
+    """
+    specs = instrument.input_specs(model)
+    if isinstance(specs, dict):
+        return [_Spec(k, tuple(t.shape), t.dtype) for k, t in specs.items()], True
     try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
-        return None
-    if not inputs:
-        return None
-    return [(tuple(t.shape), t.dtype) for t in tf.nest.flatten(inputs)]
-
-
-def _random_input(shape, dtype, seed):
-    dtype = tf.as_dtype(dtype or "float32")
-    if dtype.is_floating:
-        return tf.cast(tf.random.stateless_normal(shape, seed=[seed, 0]), dtype)
-    if dtype.is_bool:
-        return tf.ones(shape, dtype)
-    return tf.zeros(shape, dtype)  # token ids / indices: 0 is always valid
-
-
-def _make_inputs(model, inputs, input_shape, batch_size, seed):
-    """Concrete input tensors (and their nest structure) for the profiled pass."""
-    if inputs is not None:
-        try:
-            tensors = tf.nest.map_structure(tf.convert_to_tensor, inputs)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                "Received an invalid value for argument `inputs`, expected tensors or numpy "
-                f"arrays (or a list/dict of them). Received: inputs={type(inputs).__name__} "
-                f"({exc})"
-            ) from exc
-        flat = tf.nest.flatten(tensors)
+        flat = tf.nest.flatten(model.inputs)
         if not flat:
-            raise v.invalid("inputs", "at least one tensor", inputs)
-        if flat[0].shape.rank == 0:
-            raise v.invalid("inputs", "tensors with a batch dimension", tuple(flat[0].shape))
-        return tensors
-    specs = _model_input_specs(model)
+            return None, False
+        return [_Spec(getattr(t, "name", None), tuple(t.shape), tf.as_dtype(t.dtype))
+                for t in flat], False  # fmt: skip
+    except (AttributeError, TypeError, ValueError):
+        return None, False
+
+
+def _random_input(spec: _Spec, seed: int):
+    """Gaussian floats; ones for booleans and `*mask*` inputs; zeros for other integers."""
+    dtype = spec.dtype or tf.float32
+    if dtype.is_floating:
+        return tf.cast(tf.random.stateless_normal(spec.shape, seed=[seed, 0]), dtype)
+    if dtype.is_bool or "mask" in (spec.name or ""):
+        return tf.ones(spec.shape, dtype)  # keras-hub `padding_mask`: every token is real
+    return tf.zeros(spec.shape, dtype)  # token ids / indices: 0 is always valid
+
+
+def _convert_inputs(inputs):
+    try:
+        tensors = tf.nest.map_structure(tf.convert_to_tensor, inputs)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            "Received an invalid value for argument `inputs`, expected tensors or numpy "
+            f"arrays (or a list/dict of them). Received: inputs={type(inputs).__name__} "
+            f"({exc})"
+        ) from exc
+    flat = tf.nest.flatten(tensors)
+    if not flat:
+        raise v.invalid("inputs", "at least one tensor", inputs)
+    if flat[0].shape.rank == 0:
+        raise v.invalid("inputs", "tensors with a batch dimension", tuple(flat[0].shape))
+    return tensors
+
+
+def _given_shapes(model, specs, input_shape):
+    """`input_shape` as a list aligned with `specs` (None: not given), plus the names."""
+    if _is_shape(input_shape):
+        given, names = [tuple(input_shape)], None
+    elif isinstance(input_shape, dict) and input_shape:
+        bad = {k: s for k, s in input_shape.items() if not _is_shape(s)}
+        if bad or not all(isinstance(k, str) for k in input_shape):
+            raise v.invalid(
+                "input_shape", "a dict of input names to tuples of integers", input_shape
+            )
+        if specs is None:
+            return [tuple(s) for s in input_shape.values()], list(input_shape)
+        names = [s.name for s in specs]
+        unknown = [k for k in input_shape if k not in names]
+        if unknown:
+            raise ValueError(
+                f"Received an invalid value for argument `input_shape`: model {model.name!r} "
+                f"has no input named {unknown[0]!r}; its inputs are {names}. Received: "
+                f"input_shape={input_shape!r}"
+            )
+        given = [tuple(input_shape[n]) if n in input_shape else None for n in names]
+    elif (isinstance(input_shape, (list, tuple)) and input_shape
+          and all(_is_shape(s) for s in input_shape)):  # fmt: skip
+        given, names = [tuple(s) for s in input_shape], None
+    else:
+        raise v.invalid(
+            "input_shape",
+            "a tuple of integers, a list of such tuples (one per input) or a dict of input "
+            "names to tuples",
+            input_shape,
+        )
+    if specs is not None and len(given) != len(specs):
+        raise ValueError(
+            f"Received an invalid value for argument `input_shape`: model {model.name!r} "
+            f"has {len(specs)} inputs ({[s.name for s in specs]}) but {len(given)} shape(s) "
+            f"were given. Received: input_shape={input_shape!r}"
+        )
+    return given, names
+
+
+def _full_shape(model, spec, given, batch_size, input_shape):
+    """The concrete shape (batch included) of one input."""
+    label = f"input {spec.name!r}" if spec.name else "its input"
+    if given is None:  # not given: the model's own shape, batch filled in
+        shape = spec.shape
+        if shape[0] is None:
+            shape = (batch_size, *shape[1:])
+        if any(d is None for d in shape):
+            example = tuple(8 if d is None else d for d in spec.shape[1:])
+            hint = (f"input_shape={{{spec.name!r}: {example}, ...}}" if spec.name
+                    else f"input_shape={example}")  # fmt: skip
+            raise ValueError(
+                f"Model {model.name!r} has {label} of shape {spec.shape} with unknown "
+                f"non-batch dimensions. Pass `input_shape=` with every dimension, e.g. {hint}."
+            )
+        return tuple(int(d) for d in shape)
+    if spec.shape is None:
+        shape = (batch_size, *given)
+    else:
+        rank = len(spec.shape)
+        if len(given) == rank:
+            shape = given
+        elif len(given) == rank - 1:
+            shape = (batch_size, *given)
+        else:
+            raise ValueError(
+                f"Received an invalid value for argument `input_shape`: it does not fit "
+                f"model {model.name!r}, whose {label} has shape {spec.shape} (rank {rank}). "
+                f"Received: input_shape={input_shape!r}"
+            )
+    if shape[0] is None:
+        raise ValueError(
+            "Received an invalid value for argument `input_shape`: the batch dimension is "
+            "unknown (None). Give a number, or leave the batch out and set `batch_size=`. "
+            f"Received: input_shape={input_shape!r}"
+        )
+    if any(d is None or d < 1 for d in shape):
+        raise v.invalid("input_shape", "positive dimensions (None only for batch)", input_shape)
+    return tuple(int(d) for d in shape)
+
+
+def _as_dtype(value, input_dtype):
+    try:
+        return tf.as_dtype(value)
+    except TypeError:
+        raise v.invalid(
+            "input_dtype", "a dtype such as 'float32' or 'int32' (or a list/dict of them)",
+            input_dtype,
+        ) from None
+
+
+def _given_dtypes(model, specs, input_dtype):
+    """One dtype per spec (None: the model's own, else float32)."""
+    if input_dtype is None:
+        return [s.dtype for s in specs]
+    if isinstance(input_dtype, dict):
+        names = [s.name for s in specs]
+        unknown = [k for k in input_dtype if k not in names]
+        if unknown:
+            raise ValueError(
+                f"Received an invalid value for argument `input_dtype`: model {model.name!r} "
+                f"has no input named {unknown[0]!r}; its inputs are {names}. Received: "
+                f"input_dtype={input_dtype!r}"
+            )
+        return [_as_dtype(input_dtype[s.name], input_dtype) if s.name in input_dtype
+                else s.dtype for s in specs]  # fmt: skip
+    if isinstance(input_dtype, (list, tuple)):
+        if len(input_dtype) != len(specs):
+            raise ValueError(
+                f"Received an invalid value for argument `input_dtype`: model {model.name!r} "
+                f"has {len(specs)} inputs but {len(input_dtype)} dtype(s) were given. "
+                f"Received: input_dtype={input_dtype!r}"
+            )
+        return [_as_dtype(d, input_dtype) for d in input_dtype]
+    return [_as_dtype(input_dtype, input_dtype)] * len(specs)
+
+
+def _make_inputs(model, inputs, input_shape, input_dtype, batch_size, seed):
+    """Concrete input tensors (in the structure the model takes) for the profiled pass."""
+    if inputs is not None:
+        if input_shape is not None or input_dtype is not None:
+            raise ValueError(
+                "Received incompatible arguments: `inputs` already fixes the shapes and "
+                "dtypes; pass either `inputs` or `input_shape`/`input_dtype`. Received: "
+                f"input_shape={input_shape!r}, input_dtype={input_dtype!r}"
+            )
+        return _convert_inputs(inputs)
+    specs, is_dict = _model_specs(model)
     if input_shape is None:
         if specs is None:
             raise ValueError(
@@ -72,61 +220,20 @@ def _make_inputs(model, inputs, input_shape, batch_size, seed):
                 "`inputs=` (example tensors) or `input_shape=` (e.g. `input_shape=(128,)` "
                 "for one example, or `input_shape=(1, 128)` with the batch dimension)."
             )
-        shapes = [s for s, _ in specs]
-        dtypes = [d for _, d in specs]
-        full = []
-        for s in shapes:
-            rest = s[1:]
-            if any(d is None for d in rest):
-                raise ValueError(
-                    f"Model {model.name!r} has an input of shape {s} with unknown "
-                    "non-batch dimensions. Pass `input_shape=` with every dimension, e.g. "
-                    f"input_shape={tuple(8 if d is None else d for d in rest)}."
-                )
-            full.append((batch_size, *rest) if s[0] is None else s)
+        given = [None] * len(specs)
     else:
-        given = [tuple(input_shape)] if _is_shape(input_shape) else None
-        if given is None:
-            if isinstance(input_shape, (list, tuple)) and all(_is_shape(s) for s in input_shape):
-                given = [tuple(s) for s in input_shape]
-            else:
-                raise v.invalid(
-                    "input_shape", "a tuple of integers or a list of such tuples", input_shape
-                )
-        dtypes = [d for _, d in specs] if specs else ["float32"] * len(given)
-        if specs is not None and len(specs) != len(given):
-            raise ValueError(
-                f"Received an invalid value for argument `input_shape`: model {model.name!r} "
-                f"has {len(specs)} inputs but {len(given)} shape(s) were given. Received: "
-                f"input_shape={input_shape!r}"
-            )
-        full = []
-        for i, g in enumerate(given):
-            if specs is not None:
-                rank = len(specs[i][0])
-                if len(g) == rank:
-                    shape = g
-                elif len(g) == rank - 1:
-                    shape = (batch_size, *g)
-                else:
-                    raise ValueError(
-                        f"Received an invalid value for argument `input_shape`: it does not "
-                        f"fit model {model.name!r}, whose input {i} has shape "
-                        f"{specs[i][0]} (rank {rank}). Received: input_shape={input_shape!r}"
-                    )
-            else:
-                shape = (batch_size, *g)
-            if shape[0] is None:
-                raise ValueError(
-                    "Received an invalid value for argument `input_shape`: the batch "
-                    "dimension is unknown (None). Give a number, or leave the batch out and "
-                    f"set `batch_size=`. Received: input_shape={input_shape!r}"
-                )
-            if any(d is None or d < 1 for d in shape):
-                raise v.invalid("input_shape", "positive dimensions (None only for batch)",
-                                input_shape)  # fmt: skip
-            full.append(tuple(int(d) for d in shape))
-    tensors = [_random_input(s, d, seed + i) for i, (s, d) in enumerate(zip(full, dtypes))]
+        given, names = _given_shapes(model, specs, input_shape)
+        if specs is None:  # an unbuilt model: the structure of `input_shape` decides
+            is_dict = names is not None
+            specs = [_Spec(n, None) for n in (names or [None] * len(given))]
+    dtypes = _given_dtypes(model, specs, input_dtype)
+    full = [
+        _Spec(s.name, _full_shape(model, s, g, batch_size, input_shape), d)
+        for s, g, d in zip(specs, given, dtypes)
+    ]
+    tensors = [_random_input(s, seed + i) for i, s in enumerate(full)]
+    if is_dict:
+        return {s.name: t for s, t in zip(full, tensors)}
     return tensors[0] if len(tensors) == 1 else tensors
 
 
@@ -143,7 +250,7 @@ def _param_stats(layer):
             train += n
         else:
             non += n
-    return train, non, nbytes, set(seen)
+    return train, non, nbytes
 
 
 def _reset_memory(device_name) -> bool:
@@ -169,7 +276,7 @@ def _peak_memory(device_name, was_reset):
 def profile_model(
     model,
     inputs=None,
-    input_shape: Sequence[int | None] | Sequence[Sequence[int | None]] | None = None,
+    input_shape: Sequence[int | None] | Sequence[Sequence[int | None]] | dict | None = None,
     batch_size: int = 1,
     depth: int | None = None,
     trace: bool = True,
@@ -177,12 +284,19 @@ def profile_model(
     warmup: int = 2,
     steps: int = 3,
     seed: int = 0,
+    input_dtype=None,
 ) -> ModelProfile:
     """Per-layer parameters, FLOPs, activation memory and measured time of a Keras model.
 
     The forward pass (`training=False`) is traced into one concrete function
-    while every layer's `call` records the TensorFlow name scope it opens.
+    while every layer's calls are intercepted (`kerastrace._utils.instrument`)
+    to record the TensorFlow name scope each one opens.
 
+    - **Rows**: one per layer, named by the package's one path scheme (layer
+      names joined by `/`, without the model's name, e.g. `"blk/attention"`);
+      a layer shared by several parents is one row, at its first path. The
+      first row is the model itself, with path `""` (its `name` is the
+      model's name).
     - **FLOPs**: the function is frozen and `tf.compat.v1.profiler` counts
       `float_operation` over it; ops the profiler leaves at zero are counted
       here (`Einsum` - the attention products of `keras.layers.MultiHeadAttention`
@@ -199,12 +313,19 @@ def profile_model(
 
     Args:
         model: A Keras model (functional, Sequential or subclassed) or layer.
-        inputs: Example inputs (array, tensor, or list/dict of them). Their
+        inputs: Example inputs (array, tensor, or list/dict of them, e.g. a
+            keras-hub `{"token_ids": ..., "padding_mask": ...}` dict). Their
             first dimension is the batch size. Defaults to random inputs of
-            `input_shape` (token-id inputs get zeros).
+            `input_shape`: Gaussian floats, ones for boolean inputs and for
+            integer inputs named like a mask (`padding_mask`), zeros for
+            other integer inputs (token ids).
         input_shape: Input shape, with the batch dimension (`(1, 128)`) or
-            without (`(128,)`, then `batch_size` is prepended); a list of shapes
-            for multi-input models. Needed when the model has no known input.
+            without (`(128,)`, then `batch_size` is prepended). For models
+            with several inputs, a list of shapes (one per input, in the
+            model's order) or a dict `{input_name: shape}` (keras-hub models:
+            `{"token_ids": (1, 128), ...}`; inputs left out keep the model's
+            own shape, which must then be fully known). Needed when the model
+            has no known input or an input with unknown non-batch dimensions.
         batch_size: Batch size used when the batch dimension is not given.
         depth: Fold layers deeper than `depth` into their ancestor (`1`: the
             model's own layers only). `None` keeps every level.
@@ -213,13 +334,17 @@ def profile_model(
         warmup: Untraced runs before the trace (first-call graph optimization).
         steps: Traced runs; times are per step (mean).
         seed: Seed of the random inputs.
+        input_dtype: Dtype(s) of the generated inputs: one dtype for every
+            input, a list (one per input) or a dict by input name. Defaults to
+            the model's input dtypes (`"float32"` for a model without inputs).
 
     Returns:
         A `ModelProfile`; `profile.layers[0]` is the model itself.
 
     Raises:
         ValueError: unbuilt model without `inputs`/`input_shape`, unknown batch
-            dimension, a shape that does not fit the model, invalid arguments.
+            dimension, a shape that does not fit the model, `inputs` together
+            with `input_shape`, invalid arguments.
         TypeError: `model` is not a Keras layer/model.
         RuntimeError: a TensorFlow profiler session is already running (with
             `trace=True`).
@@ -234,6 +359,8 @@ def profile_model(
     68
     >>> p["fc"].params, p.total_params
     (36, 36)
+    >>> [row.path for row in p.layers], p.layers[0].name == model.name
+    (['', 'fc'], True)
 
     References:
         - [TensorFlow profiler guide](https://www.tensorflow.org/guide/profiler)
@@ -253,9 +380,23 @@ def profile_model(
     if trace and _trace.profiler_running():
         raise _trace.busy_error()
 
-    tensors = _make_inputs(model, inputs, input_shape, batch_size, seed)
+    tensors = _make_inputs(model, inputs, input_shape, input_dtype, batch_size, seed)
+    root, nodes, concrete = _trace_forward(model, tensors)
+    index = _scopes.ScopeIndex(nodes)
+    flops = _count_flops(concrete, index)
+    timing = _measure_time(concrete, tensors, index, logdir, warmup, steps) if trace else None
+    profile = _assemble(model, tensors, root, nodes, flops, timing, steps)
+    if depth is not None:
+        profile = profile.fold(depth)
+    return profile
+
+
+# ------------------------------------------------------------------ trace
+
+
+def _trace_forward(model, tensors):
+    """Trace the forward pass once while recording every layer call's name scope."""
     flat = tf.nest.flatten(tensors)
-    batch = int(flat[0].shape[0])
 
     def forward(*flat_args):
         args = tf.nest.pack_sequence_as(tensors, list(flat_args))
@@ -266,155 +407,205 @@ def profile_model(
         try:
             model(tensors, training=False)
         except Exception as exc:
-            raise ValueError(_misfit(model, flat, exc)) from exc
+            raise ValueError(_misfit(model, tensors, exc)) from exc
     root, nodes = _scopes.build_tree(model)
     with _scopes.record_scopes(nodes):
         try:
-            concrete = tf.function(forward).get_concrete_function(
+            concrete = tf_compat.function(forward).get_concrete_function(
                 *[tf.TensorSpec(t.shape, t.dtype) for t in flat]
             )
         except Exception as exc:
-            raise ValueError(_misfit(model, flat, exc)) from exc
-    index = _scopes.ScopeIndex(nodes)
+            raise ValueError(_misfit(model, tensors, exc)) from exc
+    return root, nodes, concrete
 
-    # ---------------------------------------------------------------- FLOPs
+
+@dataclasses.dataclass
+class _Flops:
+    total: int
+    unassigned: int
+    per_node: collections.Counter
+    uncounted: dict
+    ours: dict
+
+
+def _count_flops(concrete, index) -> _Flops:
     frozen = _flops.freeze(concrete)
     op_flops, uncounted, ours = _flops.graph_flops(frozen.graph)
-    self_flops = collections.Counter()
-    unassigned_flops = 0
+    per_node = collections.Counter()
+    unassigned = 0
     for name, f in op_flops.items():
         node = index.lookup(name)
         if node is None:
-            unassigned_flops += f
+            unassigned += f
         else:
-            self_flops[id(node)] += f
+            per_node[id(node)] += f
+    return _Flops(int(sum(op_flops.values())), int(unassigned), per_node,
+                  {k: len(names) for k, names in uncounted.items()}, ours)  # fmt: skip
 
-    # ---------------------------------------------------------------- time
-    self_time = collections.Counter()
-    unassigned_ps = 0
-    time_note = "trace=False"
-    time_ok = False
-    total_ps = 0
-    step_ms = None
-    trace_dir = None
-    peak, mem_note = None, "not measured (trace=False)"
-    if trace:
-        logdir = logdir or tempfile.mkdtemp(prefix="kerastrace_profile_")
-        op_names = {op.name for op in concrete.graph.get_operations()}
-        gpus = tf.config.list_logical_devices("GPU")
-        device = "GPU:0" if gpus else "CPU:0"
 
-        def run_step():
-            out = concrete(*flat)
-            first = tf.nest.flatten(out)[0]
-            _ = first.numpy() if hasattr(first, "numpy") else first
+@dataclasses.dataclass
+class _Timing:
+    ok: bool = False
+    note: str = "trace=False"
+    total_ps: int = 0
+    unassigned_ps: int = 0
+    per_node: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    step_ms: float | None = None
+    trace_dir: str | None = None
+    peak: int | None = None
+    mem_note: str = "not measured (trace=False)"
 
-        try:
-            for _ in range(warmup):
-                run_step()
-            was_reset = _reset_memory(device)
-            result = _trace.capture(run_step, logdir, op_names, 0, steps)
-            peak, mem_note = _peak_memory(device, was_reset)
-        except _trace.ProfilerBusyError:
-            raise
-        except Exception as exc:  # the FLOPs/params table must survive
-            logger.warning("kerastrace: the profiler trace failed, time is unavailable: %s", exc)
-            time_note = f"trace failed: {type(exc).__name__}: {exc}"
+
+def _measure_time(concrete, tensors, index, logdir, warmup, steps) -> _Timing:
+    """Warm up, then trace `steps` runs and assign op time to layers."""
+    timing = _Timing()
+    flat = tf.nest.flatten(tensors)
+    logdir = logdir or tempfile.mkdtemp(prefix="kerastrace_profile_")
+    op_names = {op.name for op in concrete.graph.get_operations()}
+    device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+
+    def run_step():
+        out = concrete(*flat)
+        first = tf.nest.flatten(out)[0]
+        _ = first.numpy() if hasattr(first, "numpy") else first
+
+    try:
+        for _ in range(warmup):
+            run_step()
+        was_reset = _reset_memory(device)
+        result = _trace.capture(run_step, logdir, op_names, 0, steps)
+        timing.peak, timing.mem_note = _peak_memory(device, was_reset)
+    except _trace.ProfilerBusyError:
+        raise
+    except Exception as exc:  # the FLOPs/params table must survive
+        logger.warning("kerastrace: the profiler trace failed, time is unavailable: %s", exc)
+        timing.note = f"trace failed: {type(exc).__name__}: {exc}"
+        return timing
+    timing.ok = True
+    timing.trace_dir = result.run_dir
+    timing.note = f"{result.source} op events, {steps} traced steps after {warmup} warm-up"
+    for name, ps in result.op_time_ps.items():
+        timing.total_ps += ps
+        node = index.lookup(name)
+        if node is None:
+            timing.unassigned_ps += ps
         else:
-            time_ok = True
-            trace_dir = result.run_dir
-            time_note = f"{result.source} op events, {steps} traced steps after {warmup} warm-up"
-            for name, ps in result.op_time_ps.items():
-                total_ps += ps
-                node = index.lookup(name)
-                if node is None:
-                    unassigned_ps += ps
-                else:
-                    self_time[id(node)] += ps
-            if result.step_time_ps:
-                step_ms = float(np.mean(result.step_time_ps)) / 1e9
+            timing.per_node[id(node)] += ps
+    if result.step_time_ps:
+        timing.step_ms = float(np.mean(result.step_time_ps)) / 1e9
+    return timing
 
-    per_step = 1e9 * steps  # ps -> ms per step
 
-    # ---------------------------------------------------------------- rows
-    total_flops = int(sum(op_flops.values()))
-    total_time_ms = total_ps / per_step if time_ok else None
-    rows = []
-    stats = {id(n): _param_stats(n.layer) for n in nodes}
+# ------------------------------------------------------------------- rows
 
-    def subtree(n):
-        yield n
-        for c in n.children:
-            yield from subtree(c)
 
+def _own_params(nodes) -> dict:
+    """`{id(node): parameters owned by the node's layer itself}`, each weight counted once.
+
+    A weight is owned by the deepest layer that holds it (`instrument.own_weights`:
+    a layer's weights minus its sublayers'), and a weight reachable from two
+    layers (a shared layer under two parents, a tied variable) is counted at
+    the first of them in model order.
+    """
+    counted: set = set()
+    out = {}
     for n in nodes:
-        train, non, nbytes, ids = stats[id(n)]
-        child_ids = set()
-        for c in n.children:
-            child_ids |= stats[id(c)][3]
-        own = ids - child_ids
-        own_count = 0
-        for w in n.layer.weights:
-            if id(w) in own:
-                own_count += int(np.prod(w.shape, dtype=np.int64))
-                own.discard(id(w))
-        sub = list(subtree(n))
-        t_total = sum(self_time[id(s)] for s in sub) / per_step if time_ok else None
-        shape = n.output_shapes[0] if n.output_shapes else None
+        own = 0
+        for w in instrument.own_weights(n.layer):
+            if id(w) not in counted:
+                counted.add(id(w))
+                own += int(np.prod(w.shape, dtype=np.int64))
+        out[id(n)] = own
+    return out
+
+
+def _subtree(n):
+    yield n
+    for c in n.children:
+        yield from _subtree(c)
+
+
+def _assemble(model, tensors, root, nodes, flops, timing, steps) -> ModelProfile:
+    timing = timing or _Timing()
+    time_ok = timing.ok
+    per_step = 1e9 * steps  # ps -> ms per step
+    total_time_ms = timing.total_ps / per_step if time_ok else None
+    stats = {id(n): _param_stats(n.layer) for n in nodes}
+    own = _own_params(nodes)
+    rows = []
+    for n in nodes:
+        train, non, nbytes = stats[id(n)]
+        sub = list(_subtree(n))
+        t_total = sum(timing.per_node[id(s)] for s in sub) / per_step if time_ok else None
         rows.append(
             LayerProfile(
                 path=n.path,
+                name=n.layer.name,
                 class_name=type(n.layer).__name__,
                 depth=n.depth,
-                output_shape=shape,
+                output_shape=n.output_shapes[0] if n.output_shapes else None,
                 trainable_params=train,
                 non_trainable_params=non,
-                self_params=own_count,
+                self_params=own[id(n)],
                 param_bytes=nbytes,
-                flops=int(sum(self_flops[id(s)] for s in sub)),
-                self_flops=int(self_flops[id(n)]),
+                flops=int(sum(flops.per_node[id(s)] for s in sub)),
+                self_flops=int(flops.per_node[id(n)]),
                 output_bytes=int(n.output_bytes),
                 calls=len(n.scopes),
                 time_ms=t_total,
-                self_time_ms=self_time[id(n)] / per_step if time_ok else None,
+                self_time_ms=timing.per_node[id(n)] / per_step if time_ok else None,
                 time_share=(t_total / total_time_ms) if time_ok and total_time_ms else None,
             )
         )
-    root_train, root_non, root_bytes, _ = stats[id(root)]
+    root_train, root_non, root_bytes = stats[id(root)]
     leaves = [n for n in nodes if not n.children]
-    profile = ModelProfile(
+    shapes = tf.nest.map_structure(lambda t: tuple(t.shape), tensors)
+    if not isinstance(tensors, dict):
+        shapes = list(shapes) if isinstance(tensors, (list, tuple)) else [shapes]
+    return ModelProfile(
         model_name=model.name,
-        batch_size=batch,
-        input_shapes=[tuple(t.shape) for t in flat],
+        batch_size=int(tf.nest.flatten(tensors)[0].shape[0]),
+        input_shapes=shapes,
         layers=rows,
-        total_flops=total_flops,
-        unassigned_flops=int(unassigned_flops),
+        total_flops=flops.total,
+        unassigned_flops=flops.unassigned,
         total_params=root_train + root_non,
         trainable_params=root_train,
         non_trainable_params=root_non,
         param_bytes=root_bytes,
         activation_bytes=int(sum(n.output_bytes for n in leaves)),
-        uncounted_ops={k: len(names) for k, names in uncounted.items()},
-        counted_by_kerastrace=ours,
+        uncounted_ops=flops.uncounted,
+        counted_by_kerastrace=flops.ours,
         time_available=time_ok,
-        time_note=time_note,
+        time_note=timing.note,
         total_time_ms=total_time_ms,
-        unassigned_time_ms=unassigned_ps / per_step if time_ok else None,
-        assigned_time_share=(1 - unassigned_ps / total_ps) if time_ok and total_ps else None,
-        step_time_ms=step_ms,
-        trace_dir=trace_dir,
-        peak_memory_bytes=peak,
-        memory_note=mem_note,
+        unassigned_time_ms=timing.unassigned_ps / per_step if time_ok else None,
+        assigned_time_share=(1 - timing.unassigned_ps / timing.total_ps)
+        if time_ok and timing.total_ps else None,
+        step_time_ms=timing.step_ms,
+        trace_dir=timing.trace_dir,
+        peak_memory_bytes=timing.peak,
+        memory_note=timing.mem_note,
     )
-    if depth is not None:
-        profile = profile.fold(depth)
-    return profile
 
 
-def _misfit(model, flat, exc) -> str:
-    shapes = [tuple(t.shape) for t in flat]
+def _reason(exc) -> str:
+    """The informative line of an error (a `tf.function` error ends with the real one)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0] == "in user code:":
+        raised = [line for line in lines if re.match(r"^\w+(Error|Exception): ", line)]
+        if raised:
+            return raised[-1][:300]
+    return f"{type(exc).__name__}: {lines[0][:300]}"
+
+
+def _misfit(model, tensors, exc) -> str:
+    shapes = tf.nest.map_structure(lambda t: tuple(t.shape), tensors)
+    reason = _reason(exc).rstrip(".")
     return (
         f"The input shape(s) {shapes} do not fit model {model.name!r}: calling it failed with "
-        f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}. Check `input_shape=` "
-        "(with or without the batch dimension) or `inputs=`."
+        f"{reason}. Check `input_shape=` (with or without the batch dimension) or "
+        "`inputs=`."
     )

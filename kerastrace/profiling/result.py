@@ -40,7 +40,9 @@ class LayerProfile:
     summing `self_*` over all rows counts everything exactly once.
 
     Attributes:
-        path: `/`-joined layer names from the model, e.g. `"model/block/attention"`.
+        path: The layer's path in kerastrace's one path scheme: layer names
+            joined by `/` without the model's name, e.g. `"block/attention"`
+            (`kerastrace._utils.instrument.walk`); `""` for the model itself.
         class_name: The layer's class name.
         depth: 0 for the model, 1 for its layers, 2 for their sublayers, ...
         output_shape: Output shape(s) of the first call, batch included.
@@ -55,6 +57,8 @@ class LayerProfile:
         time_ms: Measured op time per step (sublayers included), `None` when not traced.
         self_time_ms: Measured time of the layer's own ops per step.
         time_share: `time_ms` over the whole traced op time.
+        name: The layer's name (the model's name for the root row); by
+            default the last part of `path`.
     """
 
     path: str
@@ -72,10 +76,16 @@ class LayerProfile:
     time_ms: float | None = None
     self_time_ms: float | None = None
     time_share: float | None = None
+    name: str = ""
+
+    def __post_init__(self):
+        if not self.name:
+            self.name = self.path.rsplit("/", 1)[-1]
 
     @property
-    def name(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
+    def label(self) -> str:
+        """The path, or the model's name for the root row (whose path is `""`)."""
+        return self.path or self.name
 
     @property
     def params(self) -> int:
@@ -135,8 +145,10 @@ class ModelProfile:
     Attributes:
         model_name: The model's name.
         batch_size: Batch size of the profiled forward pass.
-        input_shapes: Shapes of the inputs that were profiled.
-        layers: The `LayerProfile` rows; `layers[0]` is the model itself.
+        input_shapes: Shapes of the inputs that were profiled: a list (one per
+            input, in the model's order), or a dict by name for dict inputs.
+        layers: The `LayerProfile` rows; `layers[0]` is the model itself
+            (path `""`, named after the model).
         total_flops: Forward FLOPs of the whole traced graph.
         unassigned_flops: FLOPs of ops outside every layer's name scope.
         total_params: `model.count_params()`.
@@ -189,7 +201,11 @@ class ModelProfile:
         return self.total_flops / 2
 
     def __getitem__(self, path_or_name: str) -> LayerProfile:
-        """Row by full path, by path without the model name, or by unique layer name."""
+        """Row by path (`"block/attention"`, `""` for the model) or by unique layer name.
+
+        Paths follow kerastrace's one path scheme: without the model's name.
+        The model's own row is also found by the model's name.
+        """
         if not isinstance(path_or_name, str):
             raise TypeError(
                 "Received an invalid value for argument `path_or_name`, expected a layer "
@@ -198,23 +214,29 @@ class ModelProfile:
         for row in self.layers:
             if row.path == path_or_name:
                 return row
-        root = self.layers[0].path + "/"
-        for row in self.layers:
-            if row.path == root + path_or_name:
-                return row
         matches = [r for r in self.layers if r.name == path_or_name]
         if len(matches) == 1:
             return matches[0]
-        raise KeyError(
-            f"No single layer {path_or_name!r} in this profile; paths: "
-            f"{[r.path for r in self.layers][:20]}"
-        )
+        paths = [r.path for r in self.layers if r.path]
+        if len(matches) > 1:
+            hint = f"several layers are named {path_or_name!r}; use a path: " + str(
+                [r.label for r in matches]
+            )
+        elif path_or_name.startswith(self.model_name + "/"):
+            hint = (
+                "paths do not start with the model's name; use "
+                f"{path_or_name[len(self.model_name) + 1:]!r}"
+            )
+        else:
+            more = "" if len(paths) <= 20 else f" ... ({len(paths)} in all)"
+            hint = f"paths: {paths[:20]}{more}"
+        raise KeyError(f"No single layer {path_or_name!r} in this profile; {hint}")
 
     def fold(self, depth: int) -> ModelProfile:
         """A copy where layers deeper than `depth` are folded into their ancestor.
 
         The folded ancestor's `self_*` values absorb its descendants', so totals
-        and sums are unchanged.
+        and sums are unchanged. `depth=0` keeps only the model's own row.
         """
         depth = v.check_non_negative_int("depth", depth)
         rows = {r.path: dataclasses.replace(r) for r in self.layers}
@@ -223,7 +245,7 @@ class ModelProfile:
             if r.depth <= depth:
                 kept.append(rows[r.path])
                 continue
-            anc = rows["/".join(r.path.split("/")[: depth + 1])]
+            anc = rows["/".join(r.path.split("/")[:depth])]  # "" is the model's row
             anc.self_params += r.self_params
             anc.self_flops += r.self_flops
             if anc.self_time_ms is not None and r.self_time_ms is not None:
@@ -246,7 +268,7 @@ class ModelProfile:
         return text
 
     _CSV_FIELDS = (
-        "path class_name depth output_shape trainable_params non_trainable_params self_params "
+        "path class_name name depth output_shape trainable_params non_trainable_params self_params "
         "param_bytes flops self_flops macs output_bytes calls time_ms self_time_ms time_share"
     ).split()
 
@@ -307,12 +329,12 @@ class ModelProfile:
         ]  # fmt: skip
         body = []
         for r in rows:
-            label = ("  " * r.depth + r.name) if sort_by is None else r.path
+            label = ("  " * r.depth + r.name) if sort_by is None else r.label
             body.append(
                 [
                     label,
                     r.class_name,
-                    _shape(r.output_shape),
+                    _clip(_shape(r.output_shape), 40),
                     _human(r.params),
                     _human(r.non_trainable_params),
                     _human(r.flops),
@@ -325,7 +347,6 @@ class ModelProfile:
             )
         widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in
                   enumerate(header)]  # fmt: skip
-        widths[2] = min(widths[2], 40)
 
         def fmt(cells):
             out = []
@@ -394,12 +415,8 @@ class ModelProfile:
         from kerastrace._utils.lazy import pyplot
 
         top_k = v.check_positive_int("top_k", top_k)
-        paths = {r.path for r in self.layers}
-        rows = [
-            r
-            for r in self.layers
-            if not leaves_only or not any(p.startswith(r.path + "/") for p in paths)
-        ]
+        parents = {r.path.rpartition("/")[0] for r in self.layers if r.depth > 0}
+        rows = [r for r in self.layers if not leaves_only or r.path not in parents]
         rows = sorted(rows, key=lambda r: r.self_flops, reverse=True)[:top_k][::-1]
         if ax is None:
             fig, ax = pyplot().subplots(figsize=(8, max(2.5, 0.3 * len(rows) + 1)))
@@ -415,7 +432,7 @@ class ModelProfile:
                     [100 * (r.self_time_ms or 0) / self.total_time_ms for r in rows], h,
                     label="time %")  # fmt: skip
         ax.set_yticks(y)
-        ax.set_yticklabels([r.path.split("/", 1)[-1] for r in rows], fontsize=8)
+        ax.set_yticklabels([r.label for r in rows], fontsize=8)
         ax.set_xlabel("share of the model (%)")
         ax.set_title(f"{self.model_name}: FLOPs and time per layer (batch {self.batch_size})")
         ax.legend(loc="lower right")
@@ -447,6 +464,10 @@ class ModelProfile:
         writer.flush()
         writer.close()
         return logdir
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _fmt_ms(x):

@@ -21,8 +21,13 @@ def profile():
 
 def test_table_sort_and_top_k(profile):
     text = profile.to_table(sort_by="flops", top_k=2)
-    lines = [ln for ln in text.splitlines() if ln.startswith("two")]
-    assert [ln.split()[0] for ln in lines] == ["two", "two/big"]
+    body = text.splitlines()[3:5]  # title, header, rule, then the rows
+    # sorted: the model's row (labelled by its name, its path is "") then "big"
+    assert [ln.split()[0] for ln in body] == ["two", "big"]
+    assert [ln.split()[1] for ln in body] == ["Functional", "Dense"]
+    tree = profile.to_table().splitlines()[3:6]
+    assert [ln.split()[0] for ln in tree] == ["two", "big", "small"]
+    assert tree[1].startswith("  big")  # indented below the model
     assert "MACs" in text and "2 FLOPs" in text  # the convention is stated
     assert str(profile) == profile.to_table()
     with pytest.raises(ValueError, match="sort_by"):
@@ -32,12 +37,15 @@ def test_table_sort_and_top_k(profile):
 def test_json_and_csv(profile, tmp_path):
     data = json.loads(profile.to_json(str(tmp_path / "p.json")))
     assert data["total_flops"] == profile.total_flops == 2 * 10 * 32 + 32 + 2 * 32 * 4 + 4
-    assert [r["path"] for r in data["layers"]] == ["two", "two/big", "two/small"]
+    assert [r["path"] for r in data["layers"]] == ["", "big", "small"]
+    assert [r["name"] for r in data["layers"]] == ["two", "big", "small"]
     assert data["layers"][1]["macs"] == (2 * 10 * 32 + 32) / 2
     rows = list(csv.DictReader(io.StringIO(profile.to_csv(str(tmp_path / "p.csv")))))
     assert rows[-1]["path"] == "(unassigned)"
     assert sum(int(r["self_flops"]) for r in rows) == profile.total_flops
-    assert (tmp_path / "p.csv").read_text().startswith("path,class_name")
+    assert [(r["path"], r["name"]) for r in rows[:3]] == [("", "two"), ("big", "big"),
+                                                          ("small", "small")]
+    assert (tmp_path / "p.csv").read_text().startswith("path,class_name,name,depth")
 
 
 def test_plot_and_tensorboard(profile, tmp_path):

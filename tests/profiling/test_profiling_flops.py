@@ -121,9 +121,9 @@ def test_transformer_block_within_1_percent_with_children(t):
     residuals = 2 * t * D
     expected = _attention_analytic(t, D, H, KD) + ffn + layer_norms + residuals
     assert _close(p["blk"].flops, expected), (p["blk"].flops, expected)
-    children = {r.path.rsplit("/", 1)[-1] for r in p.layers if r.path.startswith("functional")
-                and r.depth == 2}  # fmt: skip
-    assert {"attention", "ffn_inner", "ffn_outer", "attention_norm", "ffn_norm"} <= children
+    children = {r.path for r in p.layers if r.depth == 2}
+    assert {f"blk/{n}" for n in ("attention", "ffn_inner", "ffn_outer", "attention_norm",
+                                 "ffn_norm")} <= children  # fmt: skip
     assert p["blk/ffn_inner"].flops == 2 * t * D * f + t * f + t * f  # matmul + bias + relu
 
 
