@@ -273,6 +273,7 @@ def hub_bert_classifier(vocabulary_size=64, num_classes=2, num_layers=2, hidden_
     hub = _hub()
     keras.utils.set_random_seed(seed)
     backbone = hub.models.BertBackbone(
+        name="bert_backbone",
         vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
         hidden_dim=hidden_dim, intermediate_dim=2 * hidden_dim,
         max_sequence_length=max_sequence_length,
@@ -286,6 +287,7 @@ def hub_gpt2_lm(vocabulary_size=64, num_layers=2, hidden_dim=16, num_heads=2,
     hub = _hub()
     keras.utils.set_random_seed(seed)
     backbone = hub.models.GPT2Backbone(
+        name="gpt2_backbone",
         vocabulary_size=vocabulary_size, num_layers=num_layers, num_heads=num_heads,
         hidden_dim=hidden_dim, intermediate_dim=2 * hidden_dim,
         max_sequence_length=max_sequence_length,
@@ -299,6 +301,7 @@ def hub_llama_lm(vocabulary_size=64, num_layers=2, hidden_dim=16, num_query_head
     hub = _hub()
     keras.utils.set_random_seed(seed)
     backbone = hub.models.LlamaBackbone(
+        name="llama_backbone",
         vocabulary_size=vocabulary_size, num_layers=num_layers,
         num_query_heads=num_query_heads, num_key_value_heads=num_key_value_heads,
         hidden_dim=hidden_dim, intermediate_dim=2 * hidden_dim,
@@ -312,6 +315,7 @@ def hub_vit_classifier(image_size=16, patch_size=4, num_classes=3, num_layers=2,
     hub = _hub()
     keras.utils.set_random_seed(seed)
     backbone = hub.models.ViTBackbone(
+        name="vit_backbone",
         image_shape=(image_size, image_size, 3), patch_size=patch_size,
         num_layers=num_layers, num_heads=num_heads, hidden_dim=hidden_dim,
         mlp_dim=2 * hidden_dim,

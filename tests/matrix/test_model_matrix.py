@@ -271,3 +271,131 @@ def test_explain_token_attributions(any_case):
             assert np.abs(scores[:, case.position + 1 :]).max() == 0, method
         if method == "integrated_gradients":
             assert np.all(np.abs(delta) < 0.05 + 0.05 * np.abs(scores.sum(1))), delta
+
+
+# ------------------------------------------------------------------ training
+def _labels(case):
+    """Labels of the right kind for `fit` (classes, or next tokens per position)."""
+    if case.kind in ("classifier", "vision"):
+        return np.array([0, 1])
+    if case.kind == "seq2seq":
+        return np.ones(case.inputs["decoder_inputs"].shape, "int32")
+    return np.roll(case.ids, -1, axis=1)
+
+
+def test_monitors_in_a_short_fit(any_case, tmp_path):
+    import keras
+
+    from kerastrace.tensorboard import AttentionMonitor, AttributionMonitor, GradientFlow
+
+    case = build(any_case.name)
+    model = case.model
+    saved = [w.numpy() for w in model.weights]
+    from_logits = case.name not in ("keras_io_classifier", "keras_io_translator")
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
+    y = _labels(case)
+    monitors = [
+        AttentionMonitor(tmp_path / "att", case.inputs, write_images=False, strict=True),
+        GradientFlow(tmp_path / "grad", (case.inputs, y), histograms=False, strict=True),
+    ]
+    if case.kind == "vision":  # no token embedding: the default attribution cannot apply
+        with pytest.raises(ValueError, match="attribution_fn"):
+            model.fit(case.inputs, y, epochs=1, verbose=0, callbacks=[
+                AttributionMonitor(tmp_path / "attr", case.inputs, strict=True)])
+    elif case.kind != "seq2seq":
+        monitors.append(AttributionMonitor(tmp_path / "attr", case.inputs, strict=True))
+    try:
+        model.fit(case.inputs, y, epochs=2, verbose=0, callbacks=monitors)
+    finally:
+        for w, val in zip(model.weights, saved):
+            w.assign(val)  # later cells use the untrained weights
+    assert all(m.failures == 0 for m in monitors)
+    assert monitors[0].last_statistics is not None
+    grads = monitors[1].last_norms
+    assert grads and all(np.isfinite(v) for v in grads.values())
+    assert max(grads.values()) > 0
+
+
+def test_attribute_dataset(any_case):
+    import tensorflow as tf
+
+    from kerastrace.scale import attribute_dataset
+
+    case = any_case
+    kw = {"n_steps": 16}
+    if case.kind == "vision":
+        method = IntegratedGradients(case.model)
+        direct = method.attribute(case.inputs, target=case.target, **kw)
+    else:
+        method = LayerIntegratedGradients(case.model, case.token_layer)
+        kw["baselines"] = {"encoder_inputs": 0} if case.kind == "seq2seq" else 0
+        if case.kind == "seq2seq":  # no "token_ids" entry: the baseline must name its key
+            with pytest.raises(ValueError, match="dict of baselines by key"):
+                method.attribute(case.inputs, target=case.target)
+        direct = method.attribute(case.inputs, target=case.target, **kw)
+    ds = tf.data.Dataset.from_tensor_slices(case.inputs).batch(1)
+    store = attribute_dataset(method, ds, target=case.target, progress=False, **kw)
+    np.testing.assert_allclose(store.attributions, direct, rtol=1e-4, atol=1e-6)
+    assert store.delta.shape == (2,)
+
+
+# ----------------------------------------------------------------- profiling
+def test_profile(any_case):
+    from kerastrace.profiling import profile_model
+
+    case = any_case
+    prof = profile_model(case.model, inputs=case.inputs, trace=False)
+    assert prof.total_params == case.model.count_params()
+    assert sum(r.self_params for r in prof.layers) == case.model.count_params()
+    rows = {r.path for r in prof.layers}
+    assert set(attention.attention_layers(case.model)) <= rows  # one path scheme
+    for path in attention.attention_layers(case.model):
+        assert prof[path].flops > 0
+
+
+# ----------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("name", ["keras_io_classifier", "hub_bert", "hub_gpt2", "hub_vit"])
+def test_cli_on_the_saved_model(name, tmp_path, capsys):
+    """`kerastrace profile/attention/explain` on a saved model (custom layers via a file)."""
+    from kerastrace.cli import main
+
+    case = build(name)
+    path = str(tmp_path / "model.keras")
+    case.model.save(path)
+    extra = []
+    if name.startswith("keras_io"):  # keras.io layers are not registered: give them
+        objects = tmp_path / "layers.py"
+        objects.write_text(
+            "from kerastrace.testing.model_zoo import KERAS_IO_CUSTOM_OBJECTS as CUSTOM_OBJECTS\n"
+        )
+        extra = ["--custom-objects", str(objects)]
+        assert main(["profile", path, "--no-trace", "--input-shape", "1,8"]) == 2
+        assert "--custom-objects" in capsys.readouterr().err
+    shape = ["--input-shape", "1,16,16,3"] if case.kind == "vision" else (
+        ["--input", "token_ids:1,8:int32", "--input", "padding_mask:1,8:int32"]
+        if name.startswith("hub") else ["--input-shape", "1,8"]
+    )
+    if name == "hub_bert":
+        shape += ["--input", "segment_ids:1,8:int32"]
+    assert main(["profile", path, "--no-trace", "--format", "json", *shape, *extra]) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["total_params"] == case.model.count_params()
+    if case.kind == "vision":
+        return
+    vocab = tmp_path / "vocab.txt"
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "film", "bad", "plot"]
+    vocab.write_text("\n".join(words) + "\n")
+    out = tmp_path / "att"
+    args = ["attention", path, "--vocab", str(vocab), "--text", "good film",
+            "--output-dir", str(out), "--sequence-length", "8", *extra]
+    assert main(args) == 0
+    assert (out / "attention.npz").exists() and (out / "model_view.png").exists()
+    if case.kind == "classifier":
+        out = tmp_path / "exp"
+        args = ["explain", path, "--vocab", str(vocab), "--text", "good film",
+                "--output-dir", str(out), "--sequence-length", "8", *extra]
+        assert main(args) == 0
+        record = json.loads((out / "explanations.json").read_text())["explanations"][0]
+        assert [w["word"] for w in record["words"]] == ["good", "film"]

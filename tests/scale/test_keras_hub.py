@@ -28,6 +28,7 @@ EMBEDDING = "bert_backbone/token_embedding"
 def bert():
     keras.utils.set_random_seed(3)
     backbone = keras_hub.models.BertBackbone(
+        name="bert_backbone",
         vocabulary_size=VOCAB, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
         max_sequence_length=12,
     )  # fmt: skip

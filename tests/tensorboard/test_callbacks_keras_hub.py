@@ -19,6 +19,7 @@ CLS, SEP, PAD = 1, 2, 0
 def _bert():
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.BertBackbone(
+        name="bert_backbone",
         vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
         max_sequence_length=8,
     )  # fmt: skip
@@ -76,6 +77,7 @@ def test_bert_text_classifier_dict_inputs_all_monitors(tmp_path):
 def _vit():
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.ViTBackbone(
+        name="vit_backbone",
         image_shape=(16, 16, 3), patch_size=4, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16
     )
     model = keras_hub.models.ViTImageClassifier(backbone, num_classes=3, preprocessor=None)
@@ -95,7 +97,7 @@ def test_vit_default_attribution_fails_loudly_once_attention_works(tmp_path, cap
 
     default = AttributionMonitor(tmp_path / "d", probe)
     att = AttentionMonitor(tmp_path / "a", probe)
-    patches = "vi_t_backbone/vit_patching_and_embedding"
+    patches = "vit_backbone/vit_patching_and_embedding"
     custom = AttributionMonitor(
         tmp_path / "c", probe, write_images=False,
         attribution_fn=lambda m, i: token_scores(
@@ -113,7 +115,7 @@ def test_vit_default_attribution_fails_loudly_once_attention_works(tmp_path, cap
     assert att.failures == 0 and custom.failures == 0
     assert custom.last_scores.shape == (2, 17)
     ev = read_events(tmp_path / "a")
-    layer = "vi_t_backbone/vit_encoder/transformer_block_1/mha"
+    layer = "vit_backbone/vit_encoder/transformer_block_1/mha"
     ref = head_statistics(collect(model, probe))
     assert ev[f"heads/entropy/{layer}/head_1"][-1][1] == pytest.approx(
         ref.entropy[0, 1], abs=1e-5
