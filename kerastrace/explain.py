@@ -528,6 +528,14 @@ def explain_text(
             f"{int(empty[0])} ({tok.texts[int(empty[0])]!r}) has no tokens to explain."
         )
     raw = np.asarray(model.predict(model_inputs(model, tok.ids, tok.mask), verbose=0))
+    if raw.ndim > 2 and target is None:
+        raise ValueError(
+            "Received an invalid value for argument `target`: the model outputs a sequence "
+            f"of shape {raw.shape} (e.g. a language model's (B, T, V) logits), so 'the "
+            "predicted class' is not defined. Pass `target=` as an index into the flattened "
+            "output (position * V + token), or trace generated tokens with "
+            "`kerastrace.generation`. Received: target=None"
+        )
     raw = raw.reshape(len(tok), -1)
     kind = output_kind(model, raw) if outputs == "auto" else outputs
     probs = to_probabilities(raw, kind)

@@ -354,32 +354,40 @@ def test_profile(any_case):
 
 
 # ----------------------------------------------------------------------- CLI
-@pytest.mark.parametrize("name", ["keras_io_classifier", "hub_bert", "hub_gpt2", "hub_vit"])
-def test_cli_on_the_saved_model(name, tmp_path, capsys):
-    """`kerastrace profile/attention/explain` on a saved model (custom layers via a file)."""
+_CLI_SHAPES = {
+    "kerastrace_classifier": ["--input-shape", "1,8"],
+    "keras_io_classifier": ["--input-shape", "1,8"],
+    "keras_io_mini_gpt": ["--input-shape", "1,8"],
+    "keras_io_translator": ["--input", "encoder_inputs:1,8:int64",
+                            "--input", "decoder_inputs:1,5:int64"],
+    "hub_bert": ["--input", "token_ids:1,8:int32", "--input", "padding_mask:1,8:int32",
+                 "--input", "segment_ids:1,8:int32"],
+    "hub_gpt2": ["--input", "token_ids:1,8:int32", "--input", "padding_mask:1,8:int32"],
+    "hub_llama": ["--input", "token_ids:1,8:int32", "--input", "padding_mask:1,8:int32"],
+    "hub_vit": ["--input-shape", "1,16,16,3"],
+}
+
+
+def test_cli_on_the_saved_model(any_case, tmp_path, capsys):
+    """`kerastrace profile/attention/explain` on the saved model (custom layers via a file)."""
+    import json
+
     from kerastrace.cli import main
 
-    case = build(name)
+    case = build(any_case.name)
     path = str(tmp_path / "model.keras")
     case.model.save(path)
     extra = []
-    if name.startswith("keras_io"):  # keras.io layers are not registered: give them
+    if case.name.startswith("keras_io"):  # keras.io layers are not registered: give them
         objects = tmp_path / "layers.py"
         objects.write_text(
             "from kerastrace.testing.model_zoo import KERAS_IO_CUSTOM_OBJECTS as CUSTOM_OBJECTS\n"
         )
         extra = ["--custom-objects", str(objects)]
-        assert main(["profile", path, "--no-trace", "--input-shape", "1,8"]) == 2
+        assert main(["profile", path, "--no-trace", *_CLI_SHAPES[case.name]]) == 2
         assert "--custom-objects" in capsys.readouterr().err
-    shape = ["--input-shape", "1,16,16,3"] if case.kind == "vision" else (
-        ["--input", "token_ids:1,8:int32", "--input", "padding_mask:1,8:int32"]
-        if name.startswith("hub") else ["--input-shape", "1,8"]
-    )
-    if name == "hub_bert":
-        shape += ["--input", "segment_ids:1,8:int32"]
+    shape = _CLI_SHAPES[case.name]
     assert main(["profile", path, "--no-trace", "--format", "json", *shape, *extra]) == 0
-    import json
-
     report = json.loads(capsys.readouterr().out)
     assert report["total_params"] == case.model.count_params()
     if case.kind == "vision":
@@ -390,12 +398,19 @@ def test_cli_on_the_saved_model(name, tmp_path, capsys):
     out = tmp_path / "att"
     args = ["attention", path, "--vocab", str(vocab), "--text", "good film",
             "--output-dir", str(out), "--sequence-length", "8", *extra]
+    if case.kind == "seq2seq":  # two token inputs: text cannot fill them
+        assert main(args) == 2
+        assert "encoder_inputs" in capsys.readouterr().err and not out.exists()
+        return
     assert main(args) == 0
     assert (out / "attention.npz").exists() and (out / "model_view.png").exists()
-    if case.kind == "classifier":
-        out = tmp_path / "exp"
-        args = ["explain", path, "--vocab", str(vocab), "--text", "good film",
-                "--output-dir", str(out), "--sequence-length", "8", *extra]
-        assert main(args) == 0
-        record = json.loads((out / "explanations.json").read_text())["explanations"][0]
-        assert [w["word"] for w in record["words"]] == ["good", "film"]
+    out = tmp_path / "exp"
+    args = ["explain", path, "--vocab", str(vocab), "--text", "good film",
+            "--output-dir", str(out), "--sequence-length", "8", *extra]
+    if case.kind == "lm":  # no single predicted class: a clear error, no files
+        assert main(args) == 2
+        assert "sequence" in capsys.readouterr().err
+        return
+    assert main(args) == 0
+    record = json.loads((out / "explanations.json").read_text())["explanations"][0]
+    assert [w["word"] for w in record["words"]] == ["good", "film"]
