@@ -8,7 +8,13 @@ import keras
 from keras import ops
 
 from kerastrace._utils import validation as v
-from kerastrace.layers._common import AttentionOutputs, clone_initializer
+from kerastrace.layers._common import (
+    AttentionOutputs,
+    check_weights_dtype,
+    clone_initializer,
+    flash_attention_setting,
+    fused_attention_kernel_available,
+)
 
 _MASK_RANKS = (2, 3, 4)
 
@@ -40,8 +46,30 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
     all-zero row of weights; its output is then the output projection's bias
     (zero when `use_bias=False`), finite and independent of the inputs.
 
-    The softmax is computed in float32 also under mixed precision, and the
-    weights are returned as float32; `outputs` have the layer's compute dtype.
+    Mixed precision: the softmax is computed in float32, and the weights are
+    returned as float32 (`attention_weights_dtype="compute"` returns them in
+    the compute dtype instead, e.g. bfloat16, halving their memory);
+    `outputs` have the layer's compute dtype. Under float16 the scores
+    `Q K^T` are formed in float32 as well, since they overflow float16 for
+    activations of magnitude ~100 and more.
+
+    Two computation paths, with the same results up to rounding:
+
+    - Weights returned (the default), or read by an analysis: the explicit
+      path, `_compute_attention`, the documented seam that
+      `kerastrace.attention.collect` and the attention-gradient methods wrap
+      (a subclass may override it). Where the backend has a fused attention
+      kernel for the compute dtype (JAX on a GPU, torch with CUDA), the
+      context is computed by that kernel next to the float32 weights.
+    - Weights not returned (`return_attention_scores=False`) and
+      `_compute_attention` neither overridden nor wrapped: the fused path,
+      `keras.ops.dot_product_attention` (flash attention where the backend
+      and device offer it), which never materializes the `(B, H, T, T)`
+      weights. It falls back to the explicit path while attention dropout
+      is active (training with `dropout > 0`), when `value_dim != key_dim`
+      (JAX's kernels need equal head sizes) and, under float16, on
+      backends whose kernel would form the scores in float16 (TensorFlow).
+      `keras.config.disable_flash_attention()` is respected.
 
     Args:
         num_heads: Number of attention heads, a positive integer.
@@ -63,6 +91,11 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
         kernel_constraint: Constraint for the projection kernels.
         bias_constraint: Constraint for the projection biases.
         seed: Optional integer seed for the dropout.
+        attention_weights_dtype: `"float32"` (default): the returned weights
+            are float32 whatever the dtype policy. `"compute"`: they have the
+            layer's compute dtype (bfloat16 under `mixed_bfloat16`), which
+            halves their memory under mixed precision; the softmax is still
+            computed in float32.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -79,7 +112,8 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
     Returns:
         `(outputs, attention_weights)` with `outputs` of shape
         `(B, T, output_dim)` and `attention_weights` of shape
-        `(B, num_heads, T, T)`; only `outputs` when
+        `(B, num_heads, T, T)` (float32 unless
+        `attention_weights_dtype="compute"`); only `outputs` when
         `return_attention_scores=False`.
 
     Raises:
@@ -118,6 +152,7 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
         kernel_constraint=None,
         bias_constraint=None,
         seed=None,
+        attention_weights_dtype="float32",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -139,6 +174,7 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.seed = seed
+        self.attention_weights_dtype = check_weights_dtype(attention_weights_dtype)
         self.supports_masking = True
         self._dropout_layer = keras.layers.Dropout(
             self.dropout, seed=seed, dtype=self.dtype_policy, name="attention_dropout"
@@ -242,10 +278,15 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
                 am = am[:, None, :, :]
             combined = am if combined is None else ops.logical_and(combined, am)
         if use_causal_mask:
-            idx = ops.arange(length)
-            causal = ops.greater_equal(idx[:, None], idx[None, :])[None, None]
+            causal = self._causal_mask(length)
             combined = causal if combined is None else ops.logical_and(combined, causal)
         return combined
+
+    @staticmethod
+    def _causal_mask(length):
+        """`(1, 1, T, T)` boolean mask, True where the key index `j <= i`, the query's."""
+        idx = ops.arange(length)
+        return ops.greater_equal(idx[:, None], idx[None, :])[None, None]
 
     def _check_mask_shape(self, am, inputs):
         rank = len(am.shape)
@@ -270,23 +311,82 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
                 f"{tuple(am.shape)}"
             )
 
-    def _project_qkv(self, inputs):
-        """Fused projection -> q, k, v of shape (B, H, T, key_dim|value_dim)."""
+    def _project_qkv(self, inputs, heads_first=True):
+        """Fused projection -> q, k, v.
+
+        Shapes are `(B, H, T, key_dim|value_dim)` when `heads_first` (the
+        layout of `_compute_attention`), else `(B, T, H, key_dim|value_dim)`
+        (the layout of `keras.ops.dot_product_attention`, which needs no
+        transpose here nor on the output).
+        """
         b, t = ops.shape(inputs)[0], ops.shape(inputs)[1]
         h, kd, vd = self.num_heads, self.key_dim, self.value_dim
         qkv = ops.matmul(inputs, self.qkv_kernel)
         if self.use_bias:
             qkv = qkv + self.qkv_bias
         if kd == vd:
+            qkv = ops.reshape(qkv, (b, t, 3, h, kd))
+            if not heads_first:
+                q, k, val = ops.unstack(qkv, 3, axis=2)
+                return q, k, val
             # One transpose for all three; the gradient is a single stack.
-            qkv = ops.transpose(ops.reshape(qkv, (b, t, 3, h, kd)), (2, 0, 3, 1, 4))
+            qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
             q, k, val = ops.unstack(qkv, 3, axis=0)
             return q, k, val
         q, k, val = ops.split(qkv, [h * kd, 2 * h * kd], axis=-1)
-        q = ops.transpose(ops.reshape(q, (b, t, h, kd)), (0, 2, 1, 3))
-        k = ops.transpose(ops.reshape(k, (b, t, h, kd)), (0, 2, 1, 3))
-        val = ops.transpose(ops.reshape(val, (b, t, h, vd)), (0, 2, 1, 3))
-        return q, k, val
+        q = ops.reshape(q, (b, t, h, kd))
+        k = ops.reshape(k, (b, t, h, kd))
+        val = ops.reshape(val, (b, t, h, vd))
+        if not heads_first:
+            return q, k, val
+        return tuple(ops.transpose(z, (0, 2, 1, 3)) for z in (q, k, val))
+
+    # ------------------------------------------------------- attention paths
+    def _dropout_active(self, training):
+        return self.dropout > 0.0 and training is not None and training is not False
+
+    def _seam_in_use(self):
+        """Whether `_compute_attention` is wrapped on the instance or overridden."""
+        return (
+            "_compute_attention" in vars(self)
+            or type(self)._compute_attention is not SelfAttention._compute_attention
+        )
+
+    def _uses_fused_path(self, training):
+        """Whether this call computes attention without materializing its weights.
+
+        Only when the weights are not returned, nothing reads them through
+        the `_compute_attention` seam, no attention dropout is active, the
+        value heads have the size of the key heads (JAX's kernels require
+        it) and, under float16, the backend keeps the scores out of float16
+        (the TensorFlow graph of `dot_product_attention` forms `Q K^T` in
+        float16, which overflows for large activations).
+        """
+        if self.return_attention_scores or self._seam_in_use():
+            return False
+        if self._dropout_active(training) or self.key_dim != self.value_dim:
+            return False
+        if keras.backend.standardize_dtype(self.compute_dtype) == "float16":
+            return keras.backend.backend() == "jax" or fused_attention_kernel_available("float16")
+        return True
+
+    def _attention_weights(self, query, key, attention_mask=None):
+        """Masked softmax of the scaled scores, in float32 -> `(B, H, T, T)`.
+
+        The scores are formed in float32 under float16 (`Q K^T` of large
+        activations overflows float16), in the compute dtype otherwise
+        (bfloat16 has float32's range), and normalized in float32.
+        """
+        q, k = query, key
+        if keras.backend.standardize_dtype(q.dtype) == "float16":
+            q, k = ops.cast(q, "float32"), ops.cast(k, "float32")
+        scores = ops.einsum("bhqd,bhkd->bhqk", q * ops.cast(self._scale, q.dtype), k)
+        if scores.dtype != "float32":
+            scores = ops.cast(scores, "float32")
+        if attention_mask is None:
+            return ops.softmax(scores, axis=-1)
+        scores = ops.where(attention_mask, scores, ops.cast(-1e9, "float32"))
+        return ops.where(attention_mask, ops.softmax(scores, axis=-1), 0.0)
 
     def _compute_attention(self, query, key, value, attention_mask=None, training=None):
         """Scaled dot-product attention on projected heads -> `(context, weights)`.
@@ -294,7 +394,18 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
         This is the layer's documented seam, like Keras
         `MultiHeadAttention._compute_attention`: override it in a subclass (or
         wrap it, as `kerastrace.attention.collect` and the attention-gradient
-        methods do) to read or change the attention weights.
+        methods do) to read or change the attention weights. Every call whose
+        weights are returned, or whose layer has this method overridden or
+        wrapped, goes through it; only a layer whose weights nobody reads
+        takes the fused path (`_compute_fused_attention`).
+
+        The weights are a float32 softmax (cast once to the compute dtype
+        when `attention_weights_dtype="compute"`). Where the backend has a
+        fused attention kernel for the compute dtype (JAX on a GPU, torch
+        with CUDA) and no dropout is active, the context comes from that
+        kernel and the weights are computed beside it, so no second
+        `(B, H, T, T)` copy in the compute dtype is written and read back.
+        Elsewhere `context = dropout(weights) @ value` in the compute dtype.
 
         Args:
             query: `(B, H, T, key_dim)` projected queries.
@@ -305,35 +416,93 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
             training: Whether dropout is active.
 
         Returns:
-            `(context, weights)`: `context = dropout(weights) @ value` of shape
-            `(B, H, T, value_dim)` in the compute dtype, and the float32
-            weights `(B, H, T, T)` (before dropout).
+            `(context, weights)`: the context `(B, H, T, value_dim)` in the
+            compute dtype and the weights `(B, H, T, T)` (before dropout),
+            float32 unless `attention_weights_dtype="compute"`.
         """
-        q, k, val, attn_mask = query, key, value, attention_mask
-        scores = ops.einsum("bhqd,bhkd->bhqk", q * ops.cast(self._scale, q.dtype), k)
-        if scores.dtype != "float32":
-            scores = ops.cast(scores, "float32")
-        if attn_mask is None:
-            weights = ops.softmax(scores, axis=-1)
-        else:
-            scores = ops.where(attn_mask, scores, ops.cast(-1e9, "float32"))
-            weights = ops.where(attn_mask, ops.softmax(scores, axis=-1), 0.0)
-        probs = ops.cast(weights, val.dtype)
+        weights = self._attention_weights(query, key, attention_mask)
+        out_dtype = self._returned_weights_dtype
+        if out_dtype != "float32":
+            weights = ops.cast(weights, out_dtype)
+        if (
+            out_dtype == "float32"
+            and self.key_dim == self.value_dim
+            and not self._dropout_active(training)
+            and fused_attention_kernel_available(value.dtype)
+        ):
+            to_bthd = (0, 2, 1, 3)
+            context = self._compute_fused_attention(
+                ops.transpose(query, to_bthd),
+                ops.transpose(key, to_bthd),
+                ops.transpose(value, to_bthd),
+                attention_mask,
+            )
+            return ops.transpose(context, to_bthd), weights
+        probs = weights if weights.dtype == value.dtype else ops.cast(weights, value.dtype)
         if self.dropout > 0.0:
             probs = self._dropout_layer(probs, training=training)
-        context = ops.matmul(probs, val)
-        return context, weights
+        return ops.matmul(probs, value), weights
+
+    def _compute_fused_attention(self, query, key, value, attention_mask=None, is_causal=False):
+        """Attention through `keras.ops.dot_product_attention` -> context only.
+
+        Used when the weights are not needed (see `_compute_attention`):
+        the backend runs its fused (flash) kernel where the device and dtype
+        allow, else its own einsum/softmax graph. Semantics match the
+        explicit path: a query with no allowed key gets a zero context.
+
+        Args:
+            query: `(B, T, H, key_dim)` projected queries.
+            key: `(B, T, H, key_dim)` projected keys.
+            value: `(B, T, H, value_dim)` projected values.
+            attention_mask: None or a boolean mask broadcastable to
+                `(B, H, T, T)`, True where attention is allowed. It must
+                already contain the causal constraint when `is_causal`.
+            is_causal: Whether position `i` only attends to `j <= i` (lets
+                the kernel skip the masked blocks).
+
+        Returns:
+            The context `(B, T, H, value_dim)` in the compute dtype.
+        """
+        mask = attention_mask
+        if mask is not None and mask.shape[2] == 1:
+            # Fused kernels take a mask over (query, key): broadcast a key mask.
+            b, t = ops.shape(query)[0], ops.shape(query)[1]
+            mask = ops.broadcast_to(mask, (b, mask.shape[1], t, ops.shape(key)[1]))
+        context = ops.dot_product_attention(
+            query,
+            key,
+            value,
+            mask=mask,
+            scale=self._scale,
+            is_causal=is_causal,
+            flash_attention=flash_attention_setting(),
+        )
+        if mask is None:
+            return context
+        # Rows with no allowed key: the kernels give them uniform weights,
+        # the explicit path all-zero weights (a zero context).
+        has_key = ops.transpose(ops.any(mask, axis=-1), (0, 2, 1))[..., None]
+        return ops.where(has_key, context, ops.zeros_like(context))
 
     def call(self, inputs, attention_mask=None, use_causal_mask=False, training=None, mask=None):
         if len(inputs.shape) != 3:
             self._check_input_shape(inputs.shape)
         b, t = ops.shape(inputs)[0], ops.shape(inputs)[1]
-        attn_mask = self._attention_mask(inputs, mask, attention_mask, use_causal_mask)
-        q, k, val = self._project_qkv(inputs)
-        context, weights = self._compute_attention(q, k, val, attn_mask, training)
-        context = ops.reshape(
-            ops.transpose(context, (0, 2, 1, 3)), (b, t, self.num_heads * self.value_dim)
-        )
+        width = self.num_heads * self.value_dim
+        if self._uses_fused_path(training):
+            attn_mask = self._attention_mask(inputs, mask, attention_mask, False)
+            if attn_mask is not None and use_causal_mask:
+                attn_mask = ops.logical_and(attn_mask, self._causal_mask(t))
+            q, k, val = self._project_qkv(inputs, heads_first=False)
+            context = self._compute_fused_attention(q, k, val, attn_mask, use_causal_mask)
+            context = ops.reshape(context, (b, t, width))
+            weights = None
+        else:
+            attn_mask = self._attention_mask(inputs, mask, attention_mask, use_causal_mask)
+            q, k, val = self._project_qkv(inputs)
+            context, weights = self._compute_attention(q, k, val, attn_mask, training)
+            context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (b, t, width))
         outputs = ops.matmul(context, self.output_kernel)
         if self.use_bias:
             outputs = outputs + self.output_bias
@@ -369,13 +538,16 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
                 "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
                 "bias_constraint": keras.constraints.serialize(self.bias_constraint),
                 "seed": self.seed,
+                "attention_weights_dtype": self.attention_weights_dtype,
             }
         )
         return config
 
     # ------------------------------------------------------------ from_keras
     @classmethod
-    def from_keras(cls, layer, return_attention_scores=True, name=None):
+    def from_keras(
+        cls, layer, return_attention_scores=True, name=None, attention_weights_dtype="float32"
+    ):
         """Build a `SelfAttention` equivalent to a built `keras.layers.MultiHeadAttention`.
 
         The Keras layer must be used as self-attention (query, key and value
@@ -390,6 +562,7 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
             layer: A built `keras.layers.MultiHeadAttention`.
             return_attention_scores: Passed to the new layer.
             name: Name of the new layer; defaults to the Keras layer's name.
+            attention_weights_dtype: Passed to the new layer.
 
         Returns:
             A built `SelfAttention` with the weights copied.
@@ -467,6 +640,7 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
             kernel_constraint=cfg.get("kernel_constraint"),
             bias_constraint=cfg.get("bias_constraint"),
             seed=cfg.get("seed"),
+            attention_weights_dtype=attention_weights_dtype,
             name=name or layer.name,
             dtype=layer.dtype_policy,
         )

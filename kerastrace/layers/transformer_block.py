@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from kerastrace._utils import validation as v
-from kerastrace.layers._common import AttentionOutputs, clone_initializer
+from kerastrace.layers._common import AttentionOutputs, check_weights_dtype, clone_initializer
 from kerastrace.layers.self_attention import SelfAttention
 
 
@@ -41,10 +41,15 @@ class TransformerBlock(AttentionOutputs, keras.layers.Layer):
         layer_norm_epsilon: Epsilon of the layer normalizations.
         use_bias: Whether the attention projections have biases.
         return_attention_scores: When True (default) the call returns
-            `(outputs, attention_weights)`, else only `outputs`.
+            `(outputs, attention_weights)`, else only `outputs`; the
+            attention then runs on the fused path of `SelfAttention`
+            (`keras.ops.dot_product_attention`, flash attention where the
+            backend offers it) unless an analysis reads its weights.
         kernel_initializer: Initializer of every kernel.
         bias_initializer: Initializer of every bias.
         seed: Optional integer seed for the dropouts.
+        attention_weights_dtype: `"float32"` (default) or `"compute"`: the
+            dtype of the returned weights, see `SelfAttention`.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -58,8 +63,9 @@ class TransformerBlock(AttentionOutputs, keras.layers.Layer):
 
     Returns:
         `(outputs, attention_weights)`: outputs of shape `(B, T, dim)` in the
-        compute dtype and float32 weights of shape `(B, num_heads, T, T)`;
-        only `outputs` when `return_attention_scores=False`.
+        compute dtype and weights of shape `(B, num_heads, T, T)` (float32
+        unless `attention_weights_dtype="compute"`); only `outputs` when
+        `return_attention_scores=False`.
 
     Raises:
         ValueError: for invalid arguments or inputs that are not of rank 3.
@@ -101,6 +107,7 @@ class TransformerBlock(AttentionOutputs, keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         seed=None,
+        attention_weights_dtype="float32",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -122,6 +129,7 @@ class TransformerBlock(AttentionOutputs, keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.seed = seed
+        self.attention_weights_dtype = check_weights_dtype(attention_weights_dtype)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -150,9 +158,11 @@ class TransformerBlock(AttentionOutputs, keras.layers.Layer):
             dropout=self.attention_dropout,
             use_bias=self.use_bias,
             output_dim=dim,
+            return_attention_scores=self.return_attention_scores,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             bias_initializer=clone_initializer(self.bias_initializer),
             seed=seed,
+            attention_weights_dtype=self.attention_weights_dtype,
             dtype=policy,
             name="attention",
         )
@@ -192,13 +202,16 @@ class TransformerBlock(AttentionOutputs, keras.layers.Layer):
     def call(self, inputs, attention_mask=None, use_causal_mask=False, training=None, mask=None):
         x = inputs
         h = self.attention_norm(x) if self.norm_first else x
-        attended, weights = self.attention(
+        attended = self.attention(
             h,
             attention_mask=attention_mask,
             use_causal_mask=use_causal_mask,
             training=training,
             mask=mask,
         )
+        weights = None
+        if self.return_attention_scores:
+            attended, weights = attended
         x = x + self.attention_dropout_layer(attended, training=training)
         if not self.norm_first:
             x = self.attention_norm(x)
@@ -240,6 +253,7 @@ class TransformerBlock(AttentionOutputs, keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "seed": self.seed,
+                "attention_weights_dtype": self.attention_weights_dtype,
             }
         )
         return config

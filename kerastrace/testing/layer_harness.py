@@ -242,12 +242,26 @@ class LayerHarness:
         if not np.all(np.isfinite(loss)):
             _fail(f"XLA training loss is not finite: {loss}")
 
-    def run_all(self, expected_shapes: Sequence[tuple]) -> None:
-        """Run every check (mixed precision with both float16 and bfloat16)."""
+    def run_all(
+        self, expected_shapes: Sequence[tuple], directory: str | None = None, xla: bool = True
+    ) -> None:
+        """Run every check (mixed precision with both float16 and bfloat16).
+
+        Args:
+            expected_shapes: Output shapes with a `None` batch size, as for
+                `check_symbolic_and_eager`.
+            directory: Where the `.keras` round trip writes its file (e.g.
+                pytest's `tmp_path`); a temporary directory when None.
+            xla: Whether to run `check_xla` (compiled predict and training
+                step). The checks use only `keras` APIs, so they run under
+                every Keras backend; under torch `jit_compile=True` means
+                `torch.compile`, which is slow to start.
+        """
         self.check_config_round_trip()
-        self.check_saved_model_round_trip()
+        self.check_saved_model_round_trip(directory)
         self.check_symbolic_and_eager(expected_shapes)
         self.check_training_step()
         self.check_mixed_precision("mixed_float16")
         self.check_mixed_precision("mixed_bfloat16", rtol=1e-1)
-        self.check_xla()
+        if xla:
+            self.check_xla()

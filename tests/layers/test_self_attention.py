@@ -23,10 +23,13 @@ def _x(b=2, t=6, d=8, seed=0):
         {"num_heads": 1, "key_dim": 8, "use_bias": False},
     ],
 )
-def test_layer_harness(kwargs):
+def test_layer_harness(kwargs, tmp_path):
     harness = LayerHarness(SelfAttention, kwargs, input_shape=(4, 6, 8))
     out_dim = kwargs.get("output_dim", 8)
-    harness.run_all(expected_shapes=[(None, 6, out_dim), (None, kwargs["num_heads"], 6, 6)])
+    harness.run_all(
+        expected_shapes=[(None, 6, out_dim), (None, kwargs["num_heads"], 6, 6)],
+        directory=str(tmp_path),
+    )
 
 
 def test_no_aux_output_is_a_sequential_drop_in():

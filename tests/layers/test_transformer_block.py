@@ -11,14 +11,14 @@ def _x(b=2, t=6, d=8, seed=0):
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
-def test_layer_harness(norm_first):
+def test_layer_harness(norm_first, tmp_path):
     harness = LayerHarness(
         TransformerBlock,
         {"num_heads": 2, "ff_dim": 16, "norm_first": norm_first, "dropout": 0.1},
         input_shape=(4, 6, 8),
         atol=1e-5,
     )
-    harness.run_all(expected_shapes=[(None, 6, 8), (None, 2, 6, 6)])
+    harness.run_all(expected_shapes=[(None, 6, 8), (None, 2, 6, 6)], directory=str(tmp_path))
 
 
 def _reference_block(block, x, norm_first, mask=None):
