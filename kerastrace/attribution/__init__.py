@@ -18,6 +18,7 @@ Example:
 
 from kerastrace.attribution import metrics
 from kerastrace.attribution._base import Attribution, GradientAttribution
+from kerastrace.attribution._core import Contrast
 from kerastrace.attribution.attention import AttentionXGradient, GradientWeightedRollout
 from kerastrace.attribution.gradient_shap import GradientShap
 from kerastrace.attribution.integrated_gradients import IntegratedGradients
@@ -33,6 +34,7 @@ from kerastrace.attribution.saliency import InputXGradient, Saliency
 __all__ = [
     "Attribution",
     "GradientAttribution",
+    "Contrast",
     "Saliency",
     "InputXGradient",
     "IntegratedGradients",

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerastrace._utils import tf_compat
+from kerastrace._utils.validation import invalid as v_invalid
 
 F32 = tf.float32
 #: Chunks the while loop may run concurrently: overlapping small chunks keeps
@@ -371,8 +372,17 @@ def _flat_outputs(outputs):
     return [outputs]
 
 
-def select_scores(outputs, target, target_fn):
-    """Reduce model outputs to a float32 `(N,)` score per row."""
+SPACES = ("logit", "probability", "log_probability")
+
+
+def select_scores(outputs, target, target_fn, contrast=None, space="logit"):
+    """Reduce model outputs to a float32 `(N,)` score per row.
+
+    With `space="probability"` / `"log_probability"` the output is first
+    turned into (log) probabilities over its last axis (classes, or a language
+    model's vocabulary at every position). `contrast` holds a second index per
+    row (-1: none) whose score is subtracted: "target rather than contrast".
+    """
     if target_fn is not None:
         score = target_fn(outputs)
         score = tf.cast(tf.convert_to_tensor(score), F32)
@@ -385,24 +395,95 @@ def select_scores(outputs, target, target_fn):
                 )
             score = score[:, 0]
         return score
-    out = _flat_outputs(outputs)[0]
-    out = tf.cast(out, F32)
+    out = tf.cast(_flat_outputs(outputs)[0], F32)
+    if space == "probability":
+        out = tf.nn.softmax(out, axis=-1)
+    elif space == "log_probability":
+        out = tf.nn.log_softmax(out, axis=-1)
     out = tf.reshape(out, [tf.shape(out)[0], -1])
-    return tf.gather(out, target, axis=1, batch_dims=1)
+    score = tf.gather(out, target, axis=1, batch_dims=1)
+    if contrast is not None:
+        other = tf.gather(out, tf.maximum(contrast, 0), axis=1, batch_dims=1)
+        score = score - tf.where(contrast >= 0, other, tf.zeros_like(other))
+    return score
+
+
+@dataclasses.dataclass(frozen=True)
+class Contrast:
+    """A contrastive target: explain why the model gave `target` rather than `foil`.
+
+    Every attribution method explains the score `s(target) - s(foil)`, where
+    `s` is the model's output (`space="logit"`), its softmax over the last
+    axis (`"probability"`) or its log-softmax (`"log_probability"`). With
+    `foil=None` the method explains `s(target)` alone, so
+    `Contrast(3, space="probability")` explains the probability of class 3.
+
+    For a classifier `target` and `foil` are class indices; for a model with a
+    sequence output `(B, T, V)` they index the flattened output
+    (`position * V + token`), as plain integer targets do. Each may be one int
+    or one int per example.
+
+    Args:
+        target: The explained output index (or one per example).
+        foil: The alternative ("rather than") index, or None; in an array
+            of one per example, -1 means no alternative for that example.
+        space: `"logit"`, `"probability"` or `"log_probability"`.
+
+    Example:
+
+    >>> import numpy as np, keras
+    >>> from kerastrace.attribution import Contrast, InputXGradient
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, use_bias=False)])
+    >>> model.layers[0].set_weights([np.array([[1.0, 2.0, 0.0], [0.0, 1.0, 3.0]])])
+    >>> x = np.array([[1.0, 1.0]], "float32")
+    >>> InputXGradient(model).attribute(x, target=Contrast(2, foil=1))  # logit 2 - logit 1
+    array([[-2.,  2.]], dtype=float32)
+
+    References:
+        - [Yin & Neubig, 2022, Interpreting Language Models with Contrastive
+          Explanations](https://arxiv.org/abs/2202.10419)
+    """
+
+    target: object
+    foil: object = None
+    space: str = "logit"
+
+    def __post_init__(self):
+        if self.space not in SPACES:
+            raise ValueError(
+                f"Received an invalid value for argument `space`, expected one of {list(SPACES)}. "
+                f"Received: space={self.space!r}"
+            )
 
 
 class TargetSpec:
-    """A normalized target: per-example indices or a callable."""
+    """A normalized target: per-example indices (with an optional contrast) or a callable."""
 
-    def __init__(self, indices, fn=None):
-        self.indices = indices  # int32 numpy (B,)
+    def __init__(self, indices, fn=None, contrast=None, space="logit"):
+        self.indices = np.asarray(indices, np.int32)  # (B,)
         self.fn = fn
+        self.contrast = (
+            np.full(self.indices.shape, -1, np.int32) if contrast is None
+            else np.asarray(contrast, np.int32)
+        )
+        self.space = space
+
+    @property
+    def key(self):
+        """What a compiled function depends on (not the values): retrace only on change."""
+        return ("fn", id(self.fn)) if self.fn is not None else ("index", self.space)
+
+    def _with(self, idx_fn):
+        return TargetSpec(idx_fn(self.indices), self.fn, idx_fn(self.contrast), self.space)
 
     def repeat(self, n):
-        return TargetSpec(np.repeat(self.indices, n), self.fn)
+        return self._with(lambda a: np.repeat(a, n))
+
+    def tile(self, n):
+        return self._with(lambda a: np.tile(a, n))
 
     def tile_rows(self, idx):
-        return TargetSpec(self.indices[idx], self.fn)
+        return self._with(lambda a: a[idx])
 
 
 def output_info(model_forward, specs, layout):
@@ -413,6 +494,17 @@ def output_info(model_forward, specs, layout):
 
 
 def normalize_target(target, batch: int, out_shapes) -> TargetSpec:
+    if isinstance(target, Contrast):
+        if target.target is None:
+            raise v_invalid("target", "a Contrast with a target index", target)
+        main = normalize_target(target.target, batch, out_shapes).indices
+        foil = None
+        if target.foil is not None:
+            raw = np.broadcast_to(np.asarray(target.foil), (batch,))
+            none = raw == -1  # this example has no alternative
+            checked = normalize_target(np.where(none, 0, raw), batch, out_shapes).indices
+            foil = np.where(none, -1, checked)
+        return TargetSpec(main, None, foil, target.space)
     if callable(target):
         return TargetSpec(np.zeros(batch, np.int32), target)
     if len(out_shapes) > 1:
@@ -440,7 +532,8 @@ def normalize_target(target, batch: int, out_shapes) -> TargetSpec:
     ):
         raise ValueError(
             "Received an invalid value for argument `target`, expected an int, one int per "
-            f"example or a callable. Received: target={target!r}"
+            "example, a `Contrast` or a callable. A float such as 1.7 is refused rather "
+            f"than truncated. Received: target={target!r}"
         )
     if arr.ndim == 0:
         arr = np.full(batch, int(arr))
@@ -623,29 +716,29 @@ class GradientEngine:
             return layout.label(layout.diff[j], self.names)
         return input_label(j, n_x, self.names)
 
-    def _get(self, xs, ctx, target_fn, path, layout):
+    def _get(self, xs, ctx, target, path, layout):
         key = (
             tuple((a.shape[1:], a.dtype.str) for a in xs),
             tuple((a.shape[1:], a.dtype.str) for a in ctx),
-            id(target_fn) if target_fn is not None else None,
+            target.key,
             path,
             layout,
         )
         fn = self._fns.get(key)
         if fn is None:
-            fn = self._fns[key] = self._build(xs, ctx, target_fn, path, layout)
+            fn = self._fns[key] = self._build(xs, ctx, target.fn, target.space, path, layout)
         return fn
 
-    def _build(self, xs, ctx, target_fn, path, layout):
+    def _build(self, xs, ctx, target_fn, space, path, layout):
         n_x, n_c = len(xs), len(ctx)
         engine = self
 
-        def gradients(points, context, target, w):
+        def gradients(points, context, target, contrast, w):
             """Input gradients of the target score of each row (times `w` if given)."""
             with tf.GradientTape() as tape:
                 tape.watch(points)
                 outputs = engine.forward(tuple(points), tuple(context), layout)
-                score = select_scores(outputs, target, target_fn)
+                score = select_scores(outputs, target, target_fn, contrast, space)
             # Path weights enter as the output gradient: d(sum_r w_r score_r)/d point_r.
             grads = tape.gradient(score, points, output_gradients=w)
             out = []
@@ -669,7 +762,7 @@ class GradientEngine:
             bases_t = [flat.pop(0) for _ in range(n_x)] if path else None
             ctx_t = [flat.pop(0) for _ in range(n_c)]
             alphas, weights = (flat.pop(0), flat.pop(0)) if path else (None, None)
-            target, chunk, samples, sample0, sds, seed, modes, use_abs, squares = flat
+            target, contrast, chunk, samples, sample0, sds, seed, modes, use_abs, squares = flat
             batch = tf.shape(target)[0]
             g_count = samples * batch  # segments, sample-major: g = s * B + b
             seg0 = sample0 * batch  # global index of this call's first segment
@@ -734,7 +827,10 @@ class GradientEngine:
                 else:
                     bases_g = noisy
                     points, w = noisy, None
-                grads = gradients(points, [tf.gather(c, b) for c in ctx_t], tf.gather(target, b), w)
+                grads = gradients(
+                    points, [tf.gather(c, b) for c in ctx_t], tf.gather(target, b),
+                    tf.gather(contrast, b), w,
+                )
                 if path:
                     grads = [_sum_points(gr, g_count, m_count) for gr in grads]
                 return finish([
@@ -762,7 +858,10 @@ class GradientEngine:
                             lambda xg=xg, j=j, x=x: xg + _noise(x, sds[j], seed, j, seg0 + first, chunk),
                             lambda xg=xg: xg,
                         ))
-                    grads = gradients(points, [tf.gather(c, b) for c in ctx_t], tf.gather(target, b), None)
+                    grads = gradients(
+                        points, [tf.gather(c, b) for c in ctx_t], tf.gather(target, b),
+                        tf.gather(contrast, b), None,
+                    )
                     new_sums, new_sq = [], []
                     for j, (gr, pt) in enumerate(zip(grads, points)):
                         attr = post(j, gr, pt, None)
@@ -809,7 +908,10 @@ class GradientEngine:
                         xg, bgg = tf.gather(xn, g), tf.gather(bg, g)
                         points.append(bgg + tf.reshape(a, _ones_like_rank(xg, [-1])) * (xg - bgg))
                     w = tf.gather(flat_w, p) * tf.cast(valid, F32)
-                    grads = gradients(points, [tf.gather(c, b) for c in ctx_t], tf.gather(target, b), w)
+                    grads = gradients(
+                        points, [tf.gather(c, b) for c in ctx_t], tf.gather(target, b),
+                        tf.gather(contrast, b), w,
+                    )
                     idx = tf.expand_dims(g, 1)
                     return (i + 1, *(tf.tensor_scatter_nd_add(s, idx, gr) for s, gr in zip(acc, grads)))
 
@@ -835,6 +937,7 @@ class GradientEngine:
             signature += [tf.TensorSpec((None, None), F32)] * 2  # alphas, weights (1|B, M)
         signature += [
             tf.TensorSpec((None,), tf.int32),  # target (B,)
+            tf.TensorSpec((None,), tf.int32),  # contrast (B,), -1: none
             tf.TensorSpec((), tf.int32),  # chunk: rows per model call
             tf.TensorSpec((), tf.int32),  # samples per example S
             tf.TensorSpec((), tf.int32),  # index of the first sample
@@ -867,7 +970,7 @@ class GradientEngine:
             sds, seed, sample0, samples = noise
         rows = samples * xs[0].shape[0] * (int(plan.alphas.shape[1]) if path else 1)
         chunk = rows if plan.internal_batch_size is None else plan.internal_batch_size
-        fn = self._get(xs, ctx, plan.target.fn, path, plan.layout)
+        fn = self._get(xs, ctx, plan.target, path, plan.layout)
         args = [tf.constant(x) for x in xs]
         if path:
             args += [tf.constant(b) for b in plan.bases]
@@ -876,6 +979,7 @@ class GradientEngine:
             args += [tf.convert_to_tensor(plan.alphas), tf.convert_to_tensor(plan.weights)]
         args += [
             tf.constant(plan.target.indices),
+            tf.constant(plan.target.contrast),
             constant(max(1, min(int(chunk), rows)), tf.int32),
             constant(int(samples), tf.int32),
             constant(int(sample0), tf.int32),
@@ -906,14 +1010,15 @@ class ForwardEngine:
         self.trace_count = 0
         self._fns = {}
 
-    def _get(self, xs, target_fn, layout):
-        key = (tuple((a.shape[1:], a.dtype.str) for a in xs), id(target_fn), layout)
+    def _get(self, xs, target_spec, layout):
+        key = (tuple((a.shape[1:], a.dtype.str) for a in xs), target_spec.key, layout)
         fn = self._fns.get(key)
         if fn is not None:
             return fn
         engine = self
+        target_fn, space = target_spec.fn, target_spec.space
 
-        def body(xs_t, target, chunk):
+        def body(xs_t, target, contrast, chunk):
             engine.trace_count += 1
             n = tf.shape(target)[0]
             n_chunks = (n + chunk - 1) // chunk
@@ -921,7 +1026,9 @@ class ForwardEngine:
             def step(i, ta):
                 rows = tf.minimum(i * chunk + tf.range(chunk), n - 1)
                 outputs = engine.forward(tuple(tf.gather(x, rows) for x in xs_t), layout)
-                score = select_scores(outputs, tf.gather(target, rows), target_fn)
+                score = select_scores(
+                    outputs, tf.gather(target, rows), target_fn, tf.gather(contrast, rows), space
+                )
                 return i + 1, ta.write(i, score)
 
             ta = tf.TensorArray(F32, size=n_chunks, element_shape=(None,), infer_shape=False)
@@ -930,6 +1037,7 @@ class ForwardEngine:
 
         signature = (
             tuple(spec_for(a) for a in xs),
+            tf.TensorSpec((None,), tf.int32),
             tf.TensorSpec((None,), tf.int32),
             tf.TensorSpec((), tf.int32),
         )
@@ -945,10 +1053,11 @@ class ForwardEngine:
             layout = Layout("tuple" if len(xs) > 1 else "array", tuple(range(len(xs))),
                             tuple(range(len(xs))))
         chunk = int(chunk or max(1, min(n, 256)))
-        fn = self._get(xs, target.fn, layout)
+        fn = self._get(xs, target, layout)
         args = [
             *(tf.constant(x) for x in xs),
             tf.constant(np.asarray(target.indices, np.int32)),
+            tf.constant(np.asarray(target.contrast, np.int32)),
             constant(max(1, min(chunk, n)), tf.int32),
         ]
         return tf.nest.flatten(call_compiled(fn, args))[0].numpy()

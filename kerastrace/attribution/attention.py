@@ -82,13 +82,14 @@ class AttentionXGradient(Attribution):
         self._fns = {}
         self._sites_for = {}
 
-    def _get(self, flat, target_fn, layout):
-        key = (tuple((x.shape[1:], x.dtype.str) for x in flat), id(target_fn), layout)
+    def _get(self, flat, target_spec, layout):
+        key = (tuple((x.shape[1:], x.dtype.str) for x in flat), target_spec.key, layout)
         fn = self._fns.get(key)
         if fn is not None:
             return fn, key
+        target_fn, space = target_spec.fn, target_spec.space
 
-        def body(flat_t, target):
+        def body(flat_t, target, contrast):
             self.trace_count += 1
             probes, weights = [], []
             with tf.GradientTape() as tape:
@@ -102,7 +103,7 @@ class AttentionXGradient(Attribution):
 
                 with instrument.attention_seams(self.layers, hook) as sites:
                     outputs = self._forward(tuple(flat_t), layout)
-                    score = _core.select_scores(outputs, target, target_fn)
+                    score = _core.select_scores(outputs, target, target_fn, contrast, space)
             if not probes:
                 raise ValueError(
                     "Received an invalid value for argument `model`: none of its attention "
@@ -117,6 +118,7 @@ class AttentionXGradient(Attribution):
             body,
             input_signature=(
                 tuple(_core.spec_for(x) for x in flat),
+                tf.TensorSpec((None,), tf.int32),
                 tf.TensorSpec((None,), tf.int32),
             ),
         )
@@ -146,12 +148,12 @@ class AttentionXGradient(Attribution):
         tgt = self._target(target, flat, layout)
         batch = flat[0].shape[0]
         chunk = v.check_optional_positive_int("internal_batch_size", internal_batch_size) or batch
-        fn, key = self._get(flat, tgt.fn, layout)
+        fn, key = self._get(flat, tgt, layout)
         parts_w, parts_g = [], []
         for start in range(0, batch, chunk):
             idx = np.minimum(np.arange(start, start + chunk), batch - 1)  # padded chunk
             n_valid = min(chunk, batch - start)
-            w, g = fn(tuple(x[idx] for x in flat), tgt.indices[idx])
+            w, g = fn(tuple(x[idx] for x in flat), tgt.indices[idx], tgt.contrast[idx])
             parts_w.append([t.numpy()[:n_valid] for t in w])
             parts_g.append([t.numpy()[:n_valid] for t in g])
         sites = self._sites_for[key]

@@ -307,7 +307,7 @@ def _curve(
     rep_ctx = [np.tile(c, (steps + 1,) + (1,) * (c.ndim - 1)) for c in ctx]
     scorer = _scorer_for(model)
     tgt = scorer._target(target, flat_in, layout)
-    rep = _core.TargetSpec(np.tile(tgt.indices, steps + 1), tgt.fn)
+    rep = tgt.tile(steps + 1)
     scores = scorer(layout.merge([stacked], rep_ctx), rep, internal_batch_size, layout)
     scores = scores.reshape(steps + 1, batch).T
     aopc = (scores[:, :1] - scores).mean(axis=1)
