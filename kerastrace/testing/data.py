@@ -109,3 +109,88 @@ def make_sentiment_corpus(
         planted=np.asarray(planted, dtype="int32"),
         negated=np.asarray(negated, dtype=bool),
     )
+
+
+@dataclasses.dataclass
+class RecallCorpus:
+    """Key-value recall prompts for a causal LM: the source of every answer is known.
+
+    A prompt holds `n_pairs` pair tokens `"k3=v7"` (key 3 holds value 7) and
+    filler words `"w1"`, shuffled, then a query token `"k3?"`; the answer, the
+    next token, is `"v7"`. The right source of the answer is the position of
+    the pair token of the queried key.
+
+    Attributes:
+        vocab: Token strings; id 0 is `"[PAD]"`.
+        ids: `(N, T)` int32 prompt ids (no padding: every prompt has length T).
+        answers: `(N,)` int32 id of the right next token.
+        sources: `(N,)` int32 position of the pair token that holds the answer.
+    """
+
+    vocab: list
+    ids: np.ndarray
+    answers: np.ndarray
+    sources: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def recall_vocabulary(n_keys: int = 8, n_filler: int = 8) -> list:
+    """The vocabulary of `make_recall_corpus` (id 0 is `"[PAD]"`)."""
+    pairs = [f"k{k}=v{val}" for k in range(n_keys) for val in range(n_keys)]
+    queries = [f"k{k}?" for k in range(n_keys)]
+    values = [f"v{val}" for val in range(n_keys)]
+    filler = [f"w{i}" for i in range(n_filler)]
+    return ["[PAD]", *pairs, *queries, *values, *filler]
+
+
+def make_recall_corpus(
+    n: int, n_pairs: int = 4, n_keys: int = 8, n_filler: int = 4, seed: int = 0
+) -> RecallCorpus:
+    """Generate `n` key-value recall prompts (see `RecallCorpus`).
+
+    Args:
+        n: Number of prompts.
+        n_pairs: Key-value pairs per prompt (distinct keys).
+        n_keys: Number of keys (and of values).
+        n_filler: Filler words per prompt.
+        seed: Random seed; the same seed gives the same corpus.
+
+    Example:
+
+    >>> c = make_recall_corpus(2, n_pairs=2, n_filler=1, seed=0)
+    >>> [c.vocab[i] for i in c.ids[0]][-1].endswith("?"), c.ids.shape
+    (True, (2, 4))
+    >>> pair = c.vocab[c.ids[0][c.sources[0]]]
+    >>> pair.split("=")[1] == c.vocab[c.answers[0]]
+    True
+    """
+    n = v.check_positive_int("n", n)
+    n_pairs = v.check_positive_int("n_pairs", n_pairs)
+    n_keys = v.check_positive_int("n_keys", n_keys)
+    n_filler = v.check_non_negative_int("n_filler", n_filler)
+    if n_pairs > n_keys:
+        raise v.invalid("n_pairs", f"at most n_keys={n_keys} (keys are distinct)", n_pairs)
+    vocab = recall_vocabulary(n_keys)
+    index = {t: i for i, t in enumerate(vocab)}
+    rng = np.random.default_rng(seed)
+    ids, answers, sources = [], [], []
+    for _ in range(n):
+        keys = rng.choice(n_keys, n_pairs, replace=False)
+        vals = rng.integers(0, n_keys, n_pairs)
+        toks = [f"k{k}=v{val}" for k, val in zip(keys, vals)]
+        toks += [f"w{i}" for i in rng.integers(0, 8, n_filler)]
+        order = rng.permutation(len(toks))
+        toks = [toks[i] for i in order]
+        q = int(rng.integers(n_pairs))
+        toks.append(f"k{keys[q]}?")
+        ids.append([index[t] for t in toks])
+        answers.append(index[f"v{vals[q]}"])
+        sources.append(int(np.flatnonzero(order == q)[0]))
+    return RecallCorpus(
+        vocab=vocab,
+        ids=np.asarray(ids, np.int32),
+        answers=np.asarray(answers, np.int32),
+        sources=np.asarray(sources, np.int32),
+    )

@@ -83,3 +83,43 @@ def build_text_classifier(
     logits = keras.layers.Dense(num_classes, kernel_initializer=init(), name="classifier")(cls)
     outputs = [logits, *attention] if return_attention else logits
     return keras.Model(ids, outputs, name=name)
+
+
+def build_causal_lm(
+    vocab_size: int,
+    sequence_length: int,
+    dim: int = 64,
+    num_heads: int = 4,
+    ff_dim: int = 128,
+    num_layers: int = 2,
+    seed: int | None = 0,
+    name: str = "causal_lm",
+) -> keras.Model:
+    """A small causal language model: token+position embedding, causal pre-norm blocks.
+
+    `TokenAndPositionEmbedding`, `num_layers` `TransformerBlock`s called with
+    `use_causal_mask=True` (named `block_0`, ...), a final `LayerNormalization`
+    and a `Dense` head: `(B, T)` int32 ids to `(B, T, vocab_size)` logits.
+
+    Example:
+
+    >>> import numpy as np
+    >>> lm = build_causal_lm(vocab_size=12, sequence_length=6, dim=8, num_heads=2, ff_dim=8)
+    >>> tuple(lm(np.ones((2, 6), "int32")).shape)
+    (2, 6, 12)
+    """
+    for arg in ("vocab_size", "sequence_length", "dim", "num_heads", "ff_dim", "num_layers"):
+        v.check_positive_int(arg, locals()[arg])
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    ids = keras.Input((sequence_length,), dtype="int32", name="token_ids")
+    # No padding mask: a causal model never reads the padding at the end of a sequence.
+    x = TokenAndPositionEmbedding(vocab_size, sequence_length, dim, mask_zero=False,
+                                  name="embedding")(ids)
+    for i in range(num_layers):
+        x, _ = TransformerBlock(num_heads, ff_dim, norm_first=True, name=f"block_{i}")(
+            x, use_causal_mask=True
+        )
+    x = keras.layers.LayerNormalization(name="final_norm")(x)
+    logits = keras.layers.Dense(vocab_size, name="lm_head")(x)
+    return keras.Model(ids, logits, name=name)
