@@ -50,3 +50,39 @@ def call_compiled(fn, tensors):
     if call_flat is None:  # pragma: no cover - other TensorFlow versions
         return cf(*tensors)
     return call_flat(list(tensors), cf.captured_inputs)
+
+
+def silenced_deprecations():
+    """A context in which TensorFlow logs no deprecation warnings (private API).
+
+    `tf.compat.v1.profiler` calls TF1 graph utilities that log "is deprecated"
+    on every use; profiling is not the user's TF1 code, so those lines are noise.
+    """
+    import contextlib
+
+    try:
+        from tensorflow.python.util import deprecation
+    except ImportError:  # pragma: no cover - other TensorFlow versions
+        return contextlib.nullcontext()
+    silence = getattr(deprecation, "silence", None)
+    return silence() if silence is not None else contextlib.nullcontext()
+
+
+def has_flops_stat(op_type: str) -> bool:
+    """Whether TensorFlow's op-statistics registry counts FLOPs for `op_type` (private API)."""
+    from tensorflow.python.framework import ops as tf_ops
+
+    try:
+        tf_ops._stats_registry.lookup(op_type + ",flops")
+    except LookupError:
+        return False
+    return True
+
+
+def freeze(concrete_function):
+    """Freeze a concrete function: variables become constants, op names kept (private API)."""
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    return convert_variables_to_constants_v2(concrete_function)

@@ -21,6 +21,8 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from kerastrace._utils import tf_compat
+
 logger = logging.getLogger("kerastrace.profiling")
 
 #: Ops that move, reshape or read data: zero FLOPs by convention, never "uncounted".
@@ -48,13 +50,7 @@ REDUCE_OPS = frozenset("Max Min Prod All Any EuclideanNorm".split())
 
 
 def _registered(op_type: str) -> bool:
-    from tensorflow.python.framework import ops as tf_ops
-
-    try:
-        tf_ops._stats_registry.lookup(op_type + ",flops")
-    except LookupError:
-        return False
-    return True
+    return tf_compat.has_flops_stat(op_type)
 
 
 def _num_elements(shape) -> int | None:
@@ -127,11 +123,7 @@ def _extra_flops(op) -> int | None:
 
 def freeze(concrete_function):
     """Freeze a concrete function: variables become constants (names are kept)."""
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
-
-    return convert_variables_to_constants_v2(concrete_function)
+    return tf_compat.freeze(concrete_function)
 
 
 def profiler_flops(graph) -> dict[str, int]:
@@ -140,7 +132,7 @@ def profiler_flops(graph) -> dict[str, int]:
     opts["output"] = "none"
     # The profiler logs a deprecation warning per call and prints parsing notes.
     sink = io.StringIO()
-    with contextlib.redirect_stdout(sink):
+    with contextlib.redirect_stdout(sink), tf_compat.silenced_deprecations():
         result = tf.compat.v1.profiler.profile(graph, options=opts, cmd="scope")
     flops = {}
     stack = [result]
