@@ -22,6 +22,21 @@ Methods (`method=`):
 - `"attention_rollout"`: plain attention rollout (Abnar & Zuidema 2020),
   the same row.
 - `"occlusion"`: drop in the target score when one token is replaced by [PAD].
+- `"feature_ablation"`: drop in the target score when one feature (by
+  default one token; in `explain_text` one word, all its pieces together) is
+  replaced by [PAD] (`FeatureAblation`).
+- `"shapley"`: Shapley values of the features by antithetic permutation
+  sampling (`ShapleyValueSampling`); the scores add up exactly to
+  `f(text) - f(all features removed)` (reported as `delta`, ~0).
+- `"kernel_shap"`: Shapley values by KernelSHAP's weighted regression
+  (`KernelShap`), efficiency enforced (`delta` ~0).
+- `"lime"`: coefficients of LIME's local linear surrogate (`Lime`).
+
+The four perturbation methods need no gradient and run every perturbed copy
+through one compiled forward function. `explain_text` gives them one
+feature per word of the user's string (`kerastrace.text.word_feature_mask`),
+so each word gets one score; on the token axis that score is spread evenly
+over the word's pieces, so the word sums give it back.
 """
 
 from __future__ import annotations
@@ -41,7 +56,19 @@ METHODS = (
     "attention_x_gradient",
     "attention_rollout",
     "occlusion",
+    "feature_ablation",
+    "shapley",
+    "kernel_shap",
+    "lime",
 )
+
+#: The perturbation methods and their `kerastrace.attribution` classes.
+PERTURBATION_METHODS = {
+    "feature_ablation": "FeatureAblation",
+    "shapley": "ShapleyValueSampling",
+    "kernel_shap": "KernelShap",
+    "lime": "Lime",
+}
 
 
 def find_token_embedding(model):
@@ -214,6 +241,10 @@ def token_attributions(
     query="auto",
     stack: str | None = None,
     segment_ids=None,
+    feature_mask=None,
+    n_samples: int | None = None,
+    max_evals: int | None = None,
+    mask_padding: bool = False,
 ):
     """Per-token scores `(B, T)` of a token-id classifier for one method.
 
@@ -248,11 +279,25 @@ def token_attributions(
         stack: For encoder-decoder models, the attention stack of the
             rollout methods.
         segment_ids: Segment ids for keras-hub models that take them.
+        feature_mask: For the perturbation methods: `(B, T)` int feature ids
+            (e.g. `kerastrace.text.word_feature_mask`), -1 for tokens never
+            removed. Default: every real token that is not in `special_ids`
+            is its own feature. A feature's score is spread evenly over its
+            tokens, so summing per feature gives it back.
+        n_samples: For `shapley` the number of permutations (default 25),
+            for `kernel_shap` / `lime` the model evaluations per text
+            (defaults: `max(25, 2F + 2)` / 50).
+        max_evals: Instead of `n_samples`, the budget of model evaluations per
+            text for `shapley`, `kernel_shap` and `lime`.
+        mask_padding: For keras-hub models and the perturbation methods: a
+            removed token also gets `padding_mask = 0`.
 
     Returns:
         `(scores, targets, delta)`: `(B, T)` float32 scores (0 at masked
         positions), the `(B,)` explained classes, and the `(B,)` convergence
-        delta for `integrated_gradients` (else None).
+        delta for `integrated_gradients`, or the efficiency residual
+        `sum(scores) - (f(x) - f(all features removed))` for `shapley` and
+        `kernel_shap` (else None).
 
     Raises:
         ValueError: for an unknown method or ids that are not `(B, T)`.
@@ -344,6 +389,11 @@ def token_attributions(
         matrix = attention.attention_rollout(weights, mask=mask)
         q = resolve_query(query, weights.is_causal(), instrument.has_mean_pooling(model))
         scores = attention.query_scores(matrix, q, mask=mask)
+    elif method in PERTURBATION_METHODS:
+        scores, delta = _perturbation_scores(
+            model, inputs, ids, mask, targets, method, pad_id, special_ids, feature_mask,
+            n_samples, max_evals, seed, mask_padding, internal_batch_size,
+        )
     else:  # occlusion
         occ = _method_object(model, ("occlusion",), lambda: attribution.Occlusion(model))
         occluded = {"token_ids": pad_id} if isinstance(inputs, dict) else pad_id
@@ -354,6 +404,72 @@ def token_attributions(
         scores = scores["token_ids"] if isinstance(scores, dict) else scores
     scores = np.where(mask, np.asarray(scores, dtype="float32"), 0.0).astype("float32")
     return scores, targets, delta
+
+
+def _token_features(ids, mask, special_ids, feature_mask):
+    """`(B, T)` int32 feature ids: the given mask, or one feature per real non-special token."""
+    if feature_mask is not None:
+        fm = np.asarray(feature_mask)
+        if fm.shape != ids.shape or not np.issubdtype(fm.dtype, np.integer):
+            raise ValueError(
+                "Received an invalid value for argument `feature_mask`, expected integer "
+                f"feature ids of the shape of `ids` {ids.shape}. Received: feature_mask with "
+                f"shape {fm.shape} and dtype {fm.dtype}"
+            )
+        return np.where(mask, fm, -1).astype("int32")
+    real = np.asarray(mask, bool)
+    if special_ids:
+        real &= ~np.isin(ids, np.asarray(list(special_ids)))
+    return np.where(real, np.cumsum(real, axis=1) - 1, -1).astype("int32")
+
+
+def _perturbation_scores(model, inputs, ids, mask, targets, method, pad_id, special_ids,
+                         feature_mask, n_samples, max_evals, seed, mask_padding,
+                         internal_batch_size):
+    """`(B, T)` token scores and the efficiency residual of a perturbation method."""
+    from kerastrace import attribution
+
+    cls = getattr(attribution, PERTURBATION_METHODS[method])
+    obj = _method_object(model, (method,), lambda: cls(model))
+    fm = _token_features(ids, mask, special_ids, feature_mask)
+    kwargs = {}
+    if method == "shapley":
+        kwargs = dict(n_samples=n_samples, max_evals=max_evals, seed=seed)
+    elif method in ("kernel_shap", "lime"):
+        if n_samples is not None and max_evals is not None:
+            raise ValueError(
+                "Received an invalid value for argument `max_evals`: give either `n_samples` "
+                f"or `max_evals`, not both. Received: n_samples={n_samples!r}, "
+                f"max_evals={max_evals!r}"
+            )
+        budget = n_samples if n_samples is not None else max_evals
+        kwargs = dict(seed=seed)
+        if budget is not None:
+            kwargs["n_samples"] = budget
+    per_eval = None
+    if internal_batch_size is not None:
+        per_eval = max(1, v.check_positive_int("internal_batch_size", internal_batch_size)
+                       // len(ids))
+    is_dict = isinstance(inputs, dict)
+    phi, info = obj.attribute(
+        inputs,
+        baselines={"token_ids": pad_id} if is_dict else pad_id,
+        target=targets,
+        feature_mask={"token_ids": fm} if is_dict else fm,
+        perturbations_per_eval=per_eval,
+        mask_padding=mask_padding,
+        return_input_shape=False,
+        return_info=True,
+        **kwargs,
+    )
+    # Spread every feature's score evenly over its tokens.
+    rows = np.arange(len(ids))[:, None]
+    keep = fm >= 0
+    safe = np.where(keep, fm, 0)
+    counts = np.zeros(phi.shape, np.int64)
+    np.add.at(counts, (np.broadcast_to(rows, fm.shape)[keep], fm[keep]), 1)
+    share = phi[rows, safe] / np.maximum(counts[rows, safe], 1)
+    return np.where(keep, share, 0.0).astype("float32"), info.delta
 
 
 @dataclasses.dataclass
@@ -372,7 +488,9 @@ class TextExplanation:
         mask: `(T,)` bool, True for real tokens (special tokens included).
         words: `[(word, (start, end), score), ...]`: scores summed per word of
             `text`, with character spans into it.
-        delta: Convergence delta (Integrated Gradients only).
+        delta: Convergence delta (Integrated Gradients), or the efficiency
+            residual of `shapley` / `kernel_shap` (their word scores add up
+            to `f(text) - f(every word removed)`); None for other methods.
         special: `(T,)` bool, True for `[CLS]`, `[SEP]` and padding: tokens
             that do not come from the text and are left out of rankings.
     """
@@ -486,7 +604,12 @@ def explain_text(
             into the reported probabilities (probabilities are never
             re-softmaxed).
         **kwargs: Passed to `token_attributions` (e.g. `query`, `stack`,
-            `internal_batch_size`).
+            `internal_batch_size`, and for the perturbation methods
+            `n_samples`, `max_evals`, `seed`, `mask_padding`). The
+            perturbation methods (`feature_ablation`, `shapley`,
+            `kernel_shap`, `lime`) get one feature per word of the text
+            (`kerastrace.text.word_feature_mask`) unless `feature_mask` is
+            given: every word gets one score, all its pieces removed together.
 
     Returns:
         One `TextExplanation` per string.
@@ -507,6 +630,10 @@ def explain_text(
     ['Good', 'film']
     >>> abs(e.delta) < 0.05  # completeness: word scores add up to f(x) - f(baseline)
     True
+    >>> [e] = explain_text(model, Tokenizer(vocab, sequence_length=6), "Good film",
+    ...                    method="shapley", n_samples=4, seed=0)
+    >>> len(e.words), abs(e.delta) < 1e-5  # one Shapley value per word; efficiency
+    (2, True)
     """
     from kerastrace.text import aggregate_to_words
 
@@ -540,6 +667,10 @@ def explain_text(
     kind = output_kind(model, raw) if outputs == "auto" else outputs
     probs = to_probabilities(raw, kind)
     special_ids = [i for i in (tokenizer.cls_id, tokenizer.sep_id) if i is not None and i >= 0]
+    if method in PERTURBATION_METHODS and kwargs.get("feature_mask") is None:
+        from kerastrace.text import word_feature_mask
+
+        kwargs["feature_mask"] = word_feature_mask(tok)
     scores, targets, delta = token_attributions(
         model, tok.ids, method=method,
         target=raw.argmax(-1).astype("int32") if target is None else target,

@@ -19,17 +19,22 @@ Example:
 from kerastrace.attribution import metrics
 from kerastrace.attribution._base import Attribution, GradientAttribution
 from kerastrace.attribution._core import Contrast
+from kerastrace.attribution._perturbation import PerturbationAttribution, PerturbationInfo
 from kerastrace.attribution.attention import AttentionXGradient, GradientWeightedRollout
+from kerastrace.attribution.feature_ablation import FeatureAblation
 from kerastrace.attribution.gradient_shap import GradientShap
 from kerastrace.attribution.integrated_gradients import IntegratedGradients
+from kerastrace.attribution.kernel_shap import KernelShap
 from kerastrace.attribution.layer import (
     LayerGradientXActivation,
     LayerIntegratedGradients,
     token_scores,
 )
+from kerastrace.attribution.lime import Lime
 from kerastrace.attribution.noise_tunnel import NoiseTunnel
 from kerastrace.attribution.occlusion import Occlusion
 from kerastrace.attribution.saliency import InputXGradient, Saliency
+from kerastrace.attribution.shapley import ShapleyValues, ShapleyValueSampling
 
 __all__ = [
     "Attribution",
@@ -44,6 +49,13 @@ __all__ = [
     "LayerGradientXActivation",
     "token_scores",
     "Occlusion",
+    "PerturbationAttribution",
+    "PerturbationInfo",
+    "FeatureAblation",
+    "ShapleyValueSampling",
+    "ShapleyValues",
+    "KernelShap",
+    "Lime",
     "AttentionXGradient",
     "GradientWeightedRollout",
     "metrics",

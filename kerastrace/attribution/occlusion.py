@@ -14,9 +14,9 @@ from kerastrace.attribution._base import Attribution
 
 
 def _per_input(value, xs, name, default=None):
-    """One shape tuple per input from an int/tuple or a tuple of them."""
+    """One shape tuple per input from an int/tuple or a tuple of them (None: `default` per axis)."""
     if value is None:
-        value = default
+        value = tuple(default for _ in xs) if len(xs) > 1 else default
     if len(xs) == 1 and (
         isinstance(value, numbers.Integral)
         or (
@@ -42,6 +42,37 @@ def _per_input(value, xs, name, default=None):
             raise v.invalid(name, f"windows no larger than the input shape {x.shape[1:]}", value)
         out.append(tuple(int(t) for t in val))
     return out
+
+
+def _check_strides(windows, steps, xs, strides):
+    """Refuse a stride larger than its window (features between windows would be skipped).
+
+    As in Captum, a stride may exceed the window only on an axis the window
+    covers entirely (there is a single position).
+    """
+    for win, step, x in zip(windows, steps, xs):
+        for w, st, s in zip(win, step, x.shape[1:]):
+            if st > w and w < s:
+                raise v.invalid(
+                    "strides",
+                    f"strides no larger than the window {win} on axes it does not cover "
+                    "entirely (a larger stride skips features)",
+                    strides,
+                )
+
+
+def window_starts(size: int, window: int, stride: int) -> list:
+    """Start of every window position on one axis, the last one clipped at the end.
+
+    `0, stride, 2 * stride, ...` while the window fits; if that leaves
+    features uncovered at the end, one more position at the next stride,
+    whose window is clipped to the input (Captum's rule).
+
+    >>> window_starts(5, 2, 2), window_starts(6, 2, 2), window_starts(4, 4, 9)
+    ([0, 2, 4], [0, 2, 4], [0])
+    """
+    count = -(-(size - window) // stride) + 1  # ceil((size - window) / stride) + 1
+    return [i * stride for i in range(count)]
 
 
 class Occlusion(Attribution):
@@ -89,7 +120,11 @@ class Occlusion(Attribution):
             sliding_window_shapes: Window shape over the non-batch axes (a
                 tuple per input for tuple inputs); an int means the same size
                 on every axis.
-            strides: Window steps, same forms; default 1.
+            strides: Window steps, same forms; default 1 on every axis. A
+                stride may not exceed its window (except on an axis the
+                window covers entirely). When the steps do not tile an axis,
+                a last window at the next step, clipped to the input, covers
+                the remaining features (as in Captum).
             baselines: Values put in the window (scalar or broadcastable);
                 default 0 (the pad id for token inputs).
             target: As in `IntegratedGradients.attribute`.
@@ -103,7 +138,8 @@ class Occlusion(Attribution):
             Float32 array(s) of the input's shape.
 
         Raises:
-            ValueError: for windows/strides that do not fit, and target errors.
+            ValueError: for windows larger than the input, strides larger
+                than the window, and target errors.
         """
         flat, layout = _core.normalize_inputs(
             inputs, additional_forward_args=additional_forward_args
@@ -112,7 +148,8 @@ class Occlusion(Attribution):
         layout = _core.select_perturbed_inputs(flat, layout)
         xs, ctx = layout.split(flat)
         windows = _per_input(sliding_window_shapes, xs, "sliding_window_shapes")
-        steps = _per_input(strides, xs, "strides", default=tuple(1 for _ in xs))
+        steps = _per_input(strides, xs, "strides", default=1)
+        _check_strides(windows, steps, xs, strides)
         bases = tuple(
             b.astype(x.dtype)
             for b, x in zip(
@@ -126,7 +163,7 @@ class Occlusion(Attribution):
         out = []
         for j, (x, win, step) in enumerate(zip(xs, windows, steps)):
             shape = x.shape[1:]
-            starts = [range(0, s - w + 1, st) for s, w, st in zip(shape, win, step)]
+            starts = [window_starts(s, w, st) for s, w, st in zip(shape, win, step)]
             positions = list(itertools.product(*starts))
             acc = np.zeros(x.shape, np.float64)
             count = np.zeros(shape, np.float64)
@@ -144,7 +181,7 @@ class Occlusion(Attribution):
                 others = [np.tile(o, (len(block),) + (1,) * (o.ndim - 1)) for o in xs]
                 others[j] = rows
                 rep_ctx = [np.tile(c, (len(block),) + (1,) * (c.ndim - 1)) for c in ctx]
-                t = _core.TargetSpec(np.tile(tgt.indices, len(block)), tgt.fn)
+                t = tgt.tile(len(block))
                 f_o = self._scores(layout.merge(others, rep_ctx), t, chunk, layout)
                 f_o = f_o.reshape(len(block), batch)
                 diff = f_x[None, :] - f_o  # (W, B)
