@@ -1,10 +1,12 @@
 """kerastrace: see inside Keras 3 models.
 
 Attention layers that return their weights (`kerastrace.layers`), gradient
-attribution (`kerastrace.attribution`), attention analysis
-(`kerastrace.attention`), per-layer profiling (`kerastrace.profiling`),
-pictures (`kerastrace.visualization`), TensorBoard views
-(`kerastrace.tensorboard`) and dataset-scale analysis (`kerastrace.scale`).
+and perturbation attribution (`kerastrace.attribution`), attention analysis
+(`kerastrace.attention`), tracing what a language model generates
+(`kerastrace.generation`), training-data influence (`kerastrace.influence`),
+per-layer profiling (`kerastrace.profiling`), pictures
+(`kerastrace.visualization`), TensorBoard views (`kerastrace.tensorboard`) and
+dataset-scale analysis (`kerastrace.scale`).
 
 Importing the package is light: it does not import `matplotlib.pyplot` or
 `tensorflow_text`, and it changes no environment variable. Subpackages are
@@ -30,6 +32,8 @@ _SUBPACKAGES = (
     "visualization",
     "tensorboard",
     "scale",
+    "generation",
+    "influence",
     "testing",
 )
 

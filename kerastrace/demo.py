@@ -9,6 +9,9 @@ run directory:
     model.keras, vocab.txt        the trained model and its vocabulary
     train.tsv                     the generated training sentences (label, text)
     neighbors.json                nearest training sentences of test sentences
+    checkpoints/                  weights and learning rate after each epoch (TracIn)
+    influence.json                training sentences that most supported / opposed a
+                                  test prediction (TracIn over the checkpoints)
     profile/                      per-layer profile: table, JSON, CSV, chart
     attention/                    model view, one head, rollout (PNG)
     attributions/                 IG, SmoothGrad, attention x gradient on sample
@@ -58,6 +61,9 @@ class DemoResult:
         tensorboard_logdir: The TensorBoard log directory.
         neighbors: For the first test sentences, the nearest training
             sentences in the [CLS] representation of the last block.
+        influence: For the first test sentence, the training sentences that
+            most supported (proponents) and opposed (opponents) the model's
+            prediction, by TracIn over the checkpoints of each epoch.
     """
 
     run_dir: str
@@ -69,6 +75,7 @@ class DemoResult:
     faithfulness: dict = dataclasses.field(default_factory=dict)
     tensorboard_logdir: str = ""
     neighbors: list = dataclasses.field(default_factory=list)
+    influence: list = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         """A few lines for a terminal."""
@@ -102,6 +109,17 @@ class DemoResult:
                 lines.append(
                     f"  label {nb['label']} sim {nb['similarity']:.3f}  {nb['text']!r}"
                 )
+        if self.influence:
+            first = self.influence[0]
+            lines.append(
+                "training sentences that most supported / opposed the prediction "
+                f"(class {first['predicted']}) for {first['query']!r}:"
+            )
+            for kind, word in (("proponents", "supported"), ("opponents", "opposed")):
+                for e in first[kind]:
+                    lines.append(
+                        f"  {word:<9} label {e['label']} score {e['score']:+.3g}  {e['text']!r}"
+                    )
         lines.append(f"run directory: {self.run_dir}")
         if self.tensorboard_logdir:
             lines.append(f"open it in TensorBoard: tensorboard --logdir {self.tensorboard_logdir}")
@@ -191,6 +209,10 @@ def run_demo(
             pad_id=tokenizer.pad_id, write_images=False,
         )
     )
+    from kerastrace.influence import CheckpointRecorder, influence_for_texts
+
+    ckpt_dir = os.path.join(output_dir, "checkpoints")
+    callbacks.append(CheckpointRecorder(ckpt_dir))  # for TracIn below
     model.fit(tr.ids, train.labels, epochs=epochs, batch_size=32, verbose=verbose,
               validation_data=(te.ids, test.labels), callbacks=callbacks)
     logits = model.predict(te.ids, verbose=0, batch_size=256)
@@ -319,6 +341,14 @@ def run_demo(
     with open(out("neighbors.json"), "w") as f:
         json.dump(neighbors, f, indent=2)
 
+    # --- training-data attribution: TracIn over the checkpoints of each epoch
+    influence = influence_for_texts(
+        model, tokenizer, train.sentences, train.labels, test.sentences[:1], ckpt_dir, k=3
+    )
+    with open(out("influence.json"), "w") as f:
+        json.dump(influence, f, indent=2)
+    files.extend(f"checkpoints/{name}" for name in sorted(os.listdir(ckpt_dir)))
+
     model.save(out("model.keras"))
     text.save_vocabulary(vocab, out("vocab.txt"))
     with open(out("train.tsv"), "w", encoding="utf-8") as f:
@@ -333,6 +363,7 @@ def run_demo(
         files=sorted(files),
         faithfulness=faithfulness,
         neighbors=neighbors,
+        influence=influence,
         tensorboard_logdir=tb_dir,
     )
     with open(os.path.join(output_dir, "summary.json"), "w") as f:

@@ -18,17 +18,29 @@ EXIT_FAILURE = 1
 
 
 def _demo(args) -> int:
-    from kerastrace.demo import run_demo
+    if args.task in ("classifier", "all"):
+        from kerastrace.demo import run_demo
 
-    result = run_demo(
-        output_dir=args.output_dir,
-        n_train=args.n_train,
-        n_test=args.n_test,
-        epochs=args.epochs,
-        seed=args.seed,
-        verbose=0 if args.quiet else 1,
-    )
-    print(result.summary())
+        result = run_demo(
+            output_dir=args.output_dir,
+            n_train=args.n_train,
+            n_test=args.n_test,
+            epochs=args.epochs,
+            seed=args.seed,
+            verbose=0 if args.quiet else 1,
+        )
+        print(result.summary())
+    if args.task in ("lm", "all"):
+        from kerastrace.demo_lm import run_lm_demo
+
+        lm = run_lm_demo(
+            output_dir=args.output_dir,
+            n_train=args.lm_n_train,
+            n_test=args.lm_n_test,
+            seed=args.seed,
+            verbose=0 if args.quiet else 2,
+        )
+        print(lm.summary())
     return 0
 
 
@@ -99,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=4, help="training epochs (4)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (0)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument("--task", choices=("all", "classifier", "lm"), default="all",
+                      help="classifier: the text classifier; lm: the causal language model "
+                      "on key-value recall (written to OUTPUT_DIR/lm); all (default): both")
+    demo.add_argument("--lm-n-train", type=int, default=8000,
+                      help="training prompts of the language-model demo (8000)")
+    demo.add_argument("--lm-n-test", type=int, default=100,
+                      help="test prompts the language-model demo traces (100)")
     demo.set_defaults(func=_demo)
 
     prof = sub.add_parser(
@@ -173,7 +192,95 @@ def build_parser() -> argparse.ArgumentParser:
     _sequence_length_option(nb)
     _loading_options(nb)
     nb.set_defaults(func=_cmd("neighbors"))
+    _generation_parsers(sub)
+
+    inf = sub.add_parser(
+        "influence",
+        help="training sentences that most supported / opposed a prediction (TracIn)",
+        description="TracIn over training checkpoints: rank the training sentences by their "
+        "influence on the model's prediction for each query (proponents: training on them "
+        "lowered its loss; opponents: raised it).",
+    )
+    inf.add_argument("model", metavar="MODEL", help="a saved .keras model (the final one)")
+    inf.add_argument("--checkpoints", required=True, metavar="DIR",
+                     help="checkpoints saved during training: a CheckpointRecorder directory "
+                     "(records the learning rates) or *.weights.h5 / *.keras files of "
+                     "keras.callbacks.ModelCheckpoint (give --learning-rate)")
+    inf.add_argument("--learning-rate", action="append", type=float, default=None,
+                     metavar="LR", help="learning rate of each checkpoint, in training order "
+                     "(repeat once per checkpoint, or give one for all); needed when the "
+                     "checkpoints do not record it")
+    inf.add_argument("--train-file", required=True,
+                     help="the training sentences in training order, `label<TAB>text` per line")
+    inf.add_argument("--vocab", help="vocab.txt (one token per line)")
+    inf.add_argument("--text", action="append", help="a query sentence (repeatable)")
+    inf.add_argument("--text-file", help="a file with one query per line")
+    inf.add_argument("-k", type=int, default=5, help="proponents and opponents per query (5)")
+    inf.add_argument("--layer", action="append", default=None,
+                     help="layer path whose weights' gradients are compared (repeatable; "
+                     "default: the last layer with weights)")
+    inf.add_argument("--projection-dim", type=int, default=None, metavar="N",
+                     help="project the gradients to N dimensions (large layers)")
+    inf.add_argument("--index-dir", metavar="DIR",
+                     help="keep the training-gradient index here and reuse it next time")
+    inf.add_argument("--format", choices=("table", "json"), default="table")
+    _sequence_length_option(inf)
+    _loading_options(inf)
+    inf.set_defaults(func=_cmd("influence"))
     return parser
+
+
+def _generation_parsers(sub):
+    """`kerastrace generate` and `kerastrace lens` (causal language models)."""
+    from kerastrace.generation import METHODS as GEN_METHODS
+
+    gen = sub.add_parser(
+        "generate",
+        help="generate from a causal LM and trace every new token to its sources",
+        description="Generate a continuation of a prompt with a saved causal language model "
+        "(logits (B, T, V)) and score, for every generated token, each earlier token's "
+        "contribution. Writes trace.json, trace.html and sources.png.",
+    )
+    gen.add_argument("model", metavar="MODEL", help="a saved .keras causal language model")
+    _prompt_options(gen)
+    gen.add_argument("--max-new-tokens", type=int, default=8, help="tokens to generate (8)")
+    gen.add_argument("--continuation", help="trace this forced continuation instead of "
+                     "generating (text, or ids with --prompt-ids)")
+    gen.add_argument("--method", choices=GEN_METHODS, default="integrated_gradients")
+    gen.add_argument("--contrast-with", metavar="TOKEN",
+                     help="explain each token rather than this alternative token (a token of "
+                     "the vocabulary, or an id)")
+    gen.add_argument("--score", choices=("logit", "probability", "log_probability"),
+                     default="logit", help="what is attributed (logit)")
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
+    gen.add_argument("--output-dir", default="kerastrace_generate",
+                     help="where files are written (kerastrace_generate)")
+    gen.add_argument("--logdir", help="also write TensorBoard summaries here")
+    _loading_options(gen)
+    gen.set_defaults(func=_cmd("generate"))
+
+    lens = sub.add_parser(
+        "lens",
+        help="the logit lens: a causal LM's next-token prediction after every block",
+        description="Apply the model's final normalization and output head to the hidden "
+        "state after every transformer block. Writes logit_lens.json and logit_lens.png.",
+    )
+    lens.add_argument("model", metavar="MODEL", help="a saved .keras causal language model")
+    _prompt_options(lens)
+    lens.add_argument("--top-k", type=int, default=5, help="tokens shown per layer (5)")
+    lens.add_argument("--output-dir", default="kerastrace_lens",
+                      help="where files are written (kerastrace_lens)")
+    _loading_options(lens)
+    lens.set_defaults(func=_cmd("lens"))
+
+
+def _prompt_options(p):
+    p.add_argument("--prompt", help="the prompt text (needs --vocab)")
+    p.add_argument("--prompt-ids", help="the prompt as comma-separated token ids")
+    p.add_argument("--vocab", help="vocab.txt (one token per line): prompts whose words are "
+                   "all vocabulary tokens are looked up as they are, others go through "
+                   "kerastrace's WordPiece tokenizer")
 
 
 def _import_tensorflow_quietly() -> None:

@@ -483,3 +483,197 @@ def neighbors(args) -> int:
             label = "-" if nb["label"] is None else nb["label"]
             print(f"  {nb['rank']}. sim={nb['similarity']:+.3f} label={label} {nb['text']}")
     return 0
+
+
+# ---------------------------------------------------------------- generation
+class _VocabTokenizer:
+    """Prompt text -> ids: whole vocabulary tokens where every word is one, else WordPiece."""
+
+    def __init__(self, path):
+        from kerastrace.text import Tokenizer, load_vocabulary
+
+        self.vocab = list(load_vocabulary(path))
+        self.index = {t: i for i, t in enumerate(self.vocab)}
+        self._wordpiece = None
+        self._path = path
+        self._tokenizer_cls = Tokenizer
+
+    def __call__(self, text):
+        words = text.split()
+        if words and all(w in self.index for w in words):
+            return [self.index[w] for w in words]
+        if self._wordpiece is None:
+            self._wordpiece = self._tokenizer_cls(
+                self.vocab, sequence_length=512, add_special_tokens=False
+            )
+        tok = self._wordpiece.tokenize([text])
+        return tok.ids[0][tok.mask[0]].tolist()
+
+    def id_to_token(self, i):
+        return self.vocab[int(i)] if 0 <= int(i) < len(self.vocab) else str(int(i))
+
+    def token_id(self, token):
+        if token in self.index:
+            return self.index[token]
+        raise ValueError(
+            f"--contrast-with: {token!r} is not a token of the vocabulary "
+            f"({len(self.vocab)} tokens in {self._path})"
+        )
+
+
+def _ids_option(text, arg):
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        ids = []
+    if not ids or any(i < 0 for i in ids):
+        raise ValueError(
+            f"{arg}: expected comma-separated non-negative token ids such as 3,17,5. "
+            f"Received: {text!r}"
+        )
+    return ids
+
+
+def _prompt(args):
+    """(prompt, tokenizer) from --prompt/--prompt-ids/--vocab; checked before any work."""
+    if bool(args.prompt) == bool(args.prompt_ids):
+        raise ValueError("give exactly one of --prompt TEXT or --prompt-ids 3,17,5")
+    tokenizer = None
+    if args.vocab:
+        _check_exists(args.vocab, "--vocab")
+        tokenizer = _VocabTokenizer(args.vocab)
+    if args.prompt:
+        if tokenizer is None:
+            raise ValueError("--prompt needs --vocab (or give --prompt-ids)")
+        if not args.prompt.strip():
+            raise ValueError("--prompt: the prompt is empty")
+        return args.prompt, tokenizer
+    return _ids_option(args.prompt_ids, "--prompt-ids"), tokenizer
+
+
+def generate(args) -> int:
+    from kerastrace import generation
+
+    prompt, tokenizer = _prompt(args)
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens: expected a positive integer. Received: "
+                         f"{args.max_new_tokens}")
+    model = _load_model(args)
+    tracer = generation.GenerationTracer(model, args.method, tokenizer=tokenizer)
+    contrast = None
+    if args.contrast_with is not None:
+        token = args.contrast_with
+        contrast = int(token) if token.isdigit() else (
+            tokenizer.token_id(token) if tokenizer is not None else None
+        )
+        if contrast is None:
+            raise ValueError("--contrast-with: give a token id, or --vocab to name a token")
+    kw = {"contrast": contrast, "score": args.score,
+          "sampling": "sample" if args.sample else "greedy", "seed": args.seed}
+    if args.continuation is not None:
+        cont = args.continuation if args.prompt else _ids_option(args.continuation,
+                                                                  "--continuation")
+        trace = tracer.trace(prompt, continuation=[cont] if not isinstance(cont, str) else cont,
+                             **kw)
+    else:
+        trace = tracer.trace(prompt, args.max_new_tokens, **kw)
+    os.makedirs(args.output_dir, exist_ok=True)
+    trace.to_json(os.path.join(args.output_dir, "trace.json"))
+    _write_text(os.path.join(args.output_dir, "trace.html"), trace.to_html())
+    fig, _ = trace.plot(0)
+    fig.savefig(os.path.join(args.output_dir, "sources.png"), dpi=100)
+    if args.logdir:
+        trace.to_tensorboard(args.logdir)
+    toks = trace._tokens(0)
+    p_len = len(trace.prompt_ids[0])
+    print("prompt:   " + " ".join(toks[:p_len]))
+    print("generated:" if not trace.forced else "forced:   ", " ".join(toks[p_len:]))
+    for k, srcs in enumerate(trace.top_sources(3, 0)):
+        s = trace.steps[0]
+        tops = ", ".join(f"{t} {sc:+.3f}" for _, t, sc in srcs)
+        print(f"  {toks[p_len + k]!r:<14} p={float(s['probability'][k]):.3f} "
+              f"rank={int(s['rank'][k])}  sources: {tops}")
+    print(f"wrote {args.output_dir}/trace.json, trace.html, sources.png")
+    return 0
+
+
+def lens(args) -> int:
+    from kerastrace import generation
+
+    prompt, tokenizer = _prompt(args)
+    if args.top_k < 1:
+        raise ValueError(f"--top-k: expected a positive integer. Received: {args.top_k}")
+    model = _load_model(args)
+    result = generation.logit_lens(model, prompt, tokenizer=tokenizer, top_k=args.top_k)
+    os.makedirs(args.output_dir, exist_ok=True)
+    result.to_json(os.path.join(args.output_dir, "logit_lens.json"))
+    fig, _ = result.plot()
+    fig.savefig(os.path.join(args.output_dir, "logit_lens.png"), dpi=100)
+    last = len(result.tokens) - 1
+    print(f"next token after {' '.join(result.tokens)!r}, layer by layer:")
+    for li, name in enumerate(result.layers):
+        tops = ", ".join(
+            f"{result._str(t)} {p:.2f}"
+            for t, p in zip(result.top_tokens[li, last], result.top_probabilities[li, last])
+        )
+        print(f"  {name:<28} {tops}")
+    print(f"wrote {args.output_dir}/logit_lens.json, logit_lens.png")
+    return 0
+
+
+def _write_text(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+# ---------------------------------------------------------------- influence
+def _for_influence_cli(message: str) -> str:
+    """Name the command-line flags in an error of `influence_for_texts`."""
+    hints = {"`learning_rates`": "--learning-rate LR (once per checkpoint, or one for all)",
+             "`checkpoints`": "--checkpoints", "`layers`": "--layer",
+             "`projection_dim`": "--projection-dim", "`output_dir`": "--index-dir"}  # fmt: skip
+    for arg, flag in hints.items():
+        if f"argument {arg}" in message:
+            return f"{message} [command line: {flag}]"
+    return message
+
+
+def influence(args) -> int:
+    from kerastrace.influence import influence_for_texts
+
+    queries = _texts(args)
+    if not queries:
+        raise ValueError("give --text or --text-file")
+    if not args.vocab:
+        raise ValueError("--vocab is required")
+    if args.k < 1:
+        raise ValueError(f"-k: expected a positive integer. Received: {args.k}")
+    texts, labels = _read_train_file(args.train_file)
+    if labels is None:
+        raise ValueError(
+            "--train-file: TracIn differentiates the training loss, which needs the labels: "
+            "give `label<TAB>text` on every line"
+        )
+    model = _load_model(args)
+    tokenizer = _tokenizer(args, model)
+    rates = args.learning_rate
+    if rates is not None and len(rates) == 1:
+        rates = rates[0]
+    try:
+        results = influence_for_texts(
+            model, tokenizer, texts, labels, queries, args.checkpoints, k=args.k,
+            learning_rates=rates, layers=args.layer, projection_dim=args.projection_dim,
+            index_dir=args.index_dir,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ValueError(_for_influence_cli(str(exc))) from exc
+    if args.format == "json":
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+        return 0
+    for r in results:
+        print(f"query: {r['query']} (predicted class {r['predicted']})")
+        for kind, title in (("proponents", "most supported by"), ("opponents", "most opposed by")):
+            print(f"  {title} ({kind}):")
+            for e in r[kind]:
+                print(f"    {e['rank']}. score={e['score']:+.4g} label={e['label']} {e['text']}")
+    return 0

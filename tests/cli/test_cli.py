@@ -48,7 +48,7 @@ def test_bad_argument_is_one_line_error_without_traceback(tmp_path):
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
     res = kerastrace("demo", "--output-dir", str(out), "--n-train", "400", "--n-test", "40",
-                     "--epochs", "2", "--quiet")
+                     "--epochs", "2", "--quiet", "--task", "classifier")
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res
 
@@ -63,7 +63,9 @@ def test_demo_small_setting_writes_its_run_directory(demo_run):
         "attributions/attributions.html", "attributions/integrated_gradients.png",
         "attributions/smoothgrad.png", "attributions/attention_x_gradient.png",
         "profile/profile.txt", "profile/profile.json", "profile/profile.csv",
-        "profile/profile.png", "neighbors.json", "train.tsv",
+        "profile/profile.png", "neighbors.json", "train.tsv", "influence.json",
+        "checkpoints/epoch-0001.json", "checkpoints/epoch-0001.weights.h5",
+        "checkpoints/epoch-0002.json", "checkpoints/epoch-0002.weights.h5",
     }
     for name in expected:
         path = out / name
