@@ -18,7 +18,6 @@ True
 from __future__ import annotations
 
 import dataclasses
-import weakref
 
 import keras
 import numpy as np
@@ -54,22 +53,28 @@ class _Scorer(Attribution):
         return self._scores(flat, tgt, chunk, layout).astype(np.float64)
 
 
-_SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: The model attribute that holds its `_Scorer`.
+_SCORERS = "_kerastrace_metrics_scorer"
 
 
 def _scorer_for(model) -> _Scorer:
-    """One `_Scorer` (and so one compiled function) per model, kept weakly.
+    """One `_Scorer` (and so one compiled function) per model, kept on the model.
 
     Building a new scorer on every metric call re-traced the model each time
-    and set off TensorFlow's retracing warnings after a few calls.
+    and set off TensorFlow's retracing warnings after a few calls. The scorer
+    holds the model, so a cache keyed by the model outside it (even a
+    `WeakKeyDictionary`) would keep the model alive forever; as an attribute
+    of the model (set past Keras' attribute tracking) it is collected with it.
     """
-    try:
-        scorer = _SCORERS.get(model)
-        if scorer is None:
-            scorer = _SCORERS[model] = _Scorer(model)
+    scorer = getattr(model, _SCORERS, None)
+    if isinstance(scorer, _Scorer) and scorer.model is model:
         return scorer
-    except TypeError:  # not weak-referenceable: no cache
-        return _Scorer(model)
+    scorer = _Scorer(model)
+    try:
+        object.__setattr__(model, _SCORERS, scorer)
+    except (AttributeError, TypeError):  # e.g. a bound method: no cache
+        pass
+    return scorer
 
 
 def _tuple(a, layout):

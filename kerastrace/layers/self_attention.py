@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from kerastrace._utils import validation as v
@@ -21,6 +22,48 @@ _MASK_RANKS = (2, 3, 4)
 
 def _as_bool(mask):
     return mask if mask.dtype == "bool" else ops.cast(mask, "bool")
+
+
+def _not_zero_one_error(values):
+    shown = np.unique(values[(values != 0) & (values != 1)])[:4].tolist()
+    return ValueError(
+        "Received an invalid value for argument `attention_mask`: a mask that is not "
+        "boolean must hold only 0 (blocked) and 1 (attend), but it holds other values, "
+        f"e.g. {shown}. An additive mask (0 = attend, a large negative number = blocked) "
+        "would be read the wrong way round. Pass a boolean mask, True where attention is "
+        "allowed; from an additive mask `m`, pass `attention_mask=(m == 0)`. Received: "
+        f"attention_mask of dtype {values.dtype} with values {shown}"
+    )
+
+
+def _check_mask_values(am):
+    """Check that a non-boolean `attention_mask` holds only 0 and 1.
+
+    Concrete values (eager calls) are checked here: `ValueError` otherwise.
+    Traced values (inside `tf.function`, `jax.jit`, `model.predict`) cannot
+    be read while tracing; the returned scalar boolean tensor (True when all
+    values are 0 or 1) then poisons the outputs with NaN when it is False.
+
+    Returns:
+        None (boolean mask, or values checked), or the traced check.
+    """
+    if am is None or am.dtype == "bool":
+        return None
+    valid = ops.all(ops.logical_or(ops.equal(am, 0), ops.equal(am, 1)))
+    try:
+        ok = bool(ops.convert_to_numpy(valid))
+    except (TypeError, ValueError, RuntimeError):  # traced: no values to read yet
+        return valid
+    if not ok:
+        raise _not_zero_one_error(np.asarray(ops.convert_to_numpy(am)))
+    return None
+
+
+def _poison(x, valid):
+    """`x`, or NaN everywhere when the traced mask check `valid` is False."""
+    if valid is None or x is None:
+        return x
+    return ops.where(valid, x, ops.cast(float("nan"), x.dtype))
 
 
 @keras.saving.register_keras_serializable(package="kerastrace")
@@ -102,7 +145,14 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
         inputs: Tensor of shape `(B, T, dim)`.
         attention_mask: Optional boolean mask, True where attention is
             allowed: `(B, T)` (a key padding mask), `(B, T, T)` (the Keras
-            `MultiHeadAttention` form) or `(B, 1 or num_heads, T, T)`.
+            `MultiHeadAttention` form) or `(B, 1 or num_heads, T, T)`. An
+            integer or float mask must hold only 1 (attend) and 0 (blocked).
+            An additive mask (0 = attend, -1e9 = blocked, as some libraries
+            take) is refused with a `ValueError` rather than read the wrong
+            way round: pass `mask == 0`. Inside a compiled function
+            (`model.predict`, `tf.function`, `jax.jit`) the values are not
+            known when the layer is traced; there such a mask makes the
+            outputs and weights NaN.
         use_causal_mask: If True, position `i` only attends to `j <= i`.
         training: Whether dropout is active.
         mask: Keras mask of shape `(B, T)`, set automatically when the input
@@ -118,7 +168,8 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
 
     Raises:
         ValueError: for invalid constructor arguments, inputs that are not of
-            rank 3, or an `attention_mask` whose shape does not fit.
+            rank 3, an `attention_mask` whose shape does not fit, or a
+            non-boolean `attention_mask` with values other than 0 and 1.
 
     Example:
 
@@ -490,6 +541,9 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
             self._check_input_shape(inputs.shape)
         b, t = ops.shape(inputs)[0], ops.shape(inputs)[1]
         width = self.num_heads * self.value_dim
+        if attention_mask is not None:
+            attention_mask = ops.convert_to_tensor(attention_mask)
+        valid = _check_mask_values(attention_mask)
         if self._uses_fused_path(training):
             attn_mask = self._attention_mask(inputs, mask, attention_mask, False)
             if attn_mask is not None and use_causal_mask:
@@ -506,6 +560,7 @@ class SelfAttention(AttentionOutputs, keras.layers.Layer):
         outputs = ops.matmul(context, self.output_kernel)
         if self.use_bias:
             outputs = outputs + self.output_bias
+        outputs, weights = _poison(outputs, valid), _poison(weights, valid)
         if self.return_attention_scores:
             return outputs, weights
         return outputs

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 
 import keras
 import numpy as np
@@ -92,6 +93,10 @@ def record_scopes(nodes):
         yield
 
 
+#: The part of a lowered control-flow op's name that TensorFlow inserts before its body name.
+_LOWERED = re.compile(r"/(?:body|cond|then|else|branch)/_\d+/")
+
+
 class ScopeIndex:
     """Map op names to tree nodes by the longest recorded scope prefix."""
 
@@ -106,13 +111,26 @@ class ScopeIndex:
         self._cache = {}
 
     def lookup(self, op_name: str) -> Node | None:
+        """The node of the innermost recorded scope holding `op_name`, or None.
+
+        Ops of a lowered `while`/`cond` body are named
+        `<loop op>/body/_<k>/<name in the body>`; the name in the body carries
+        the scopes of the layers called inside the loop (an RNN's cell), so
+        it is looked up first.
+        """
         if op_name in self._cache:
             return self._cache[op_name]
+        inner = _LOWERED.split(op_name)[-1]
+        found = self._longest_prefix(inner) if inner != op_name else None
+        if found is None:
+            found = self._longest_prefix(op_name)
+        self._cache[op_name] = found
+        return found
+
+    def _longest_prefix(self, op_name: str) -> Node | None:
         parts = op_name.split("/")
-        found = None
         for i in range(len(parts) - 1, 0, -1):
             found = self._by_scope.get("/".join(parts[:i]))
             if found is not None:
-                break
-        self._cache[op_name] = found
-        return found
+                return found
+        return None

@@ -13,6 +13,8 @@ import re
 
 import tensorflow as tf
 
+from kerastrace._utils import tf_compat
+
 logger = logging.getLogger("kerastrace.profiling")
 
 
@@ -29,11 +31,7 @@ class ProfilerBusyError(RuntimeError):
 
 def profiler_running() -> bool:
     """Whether a `tf.profiler.experimental` session is active in this process."""
-    try:
-        from tensorflow.python.profiler import profiler_v2
-    except ImportError:  # pragma: no cover
-        return False
-    return getattr(profiler_v2, "_profiler", None) is not None
+    return tf_compat.profiler_session_active()
 
 
 def busy_error() -> ProfilerBusyError:
@@ -54,14 +52,6 @@ class TraceResult:
     source: str  # "host" or "device"
 
 
-def _xplane_pb2():
-    try:
-        from tensorflow.tsl.profiler.protobuf import xplane_pb2
-    except ImportError:  # pragma: no cover - older layouts
-        from tensorflow.core.profiler.protobuf import xplane_pb2
-    return xplane_pb2
-
-
 def parse_xplane(path: str, op_names) -> tuple[dict, list, str]:
     """Read op events of the graph ops in `op_names` from an `.xplane.pb` file.
 
@@ -71,8 +61,7 @@ def parse_xplane(path: str, op_names) -> tuple[dict, list, str]:
     Returns:
         `(op_time_ps, step_time_ps, source)`.
     """
-    xplane_pb2 = _xplane_pb2()
-    space = xplane_pb2.XSpace()
+    space = tf_compat.xplane_pb2().XSpace()
     with open(path, "rb") as f:
         space.ParseFromString(f.read())
     host = collections.Counter()
@@ -144,7 +133,7 @@ def capture(run_step, logdir: str, op_names, warmup: int, steps: int) -> TraceRe
         raise busy_error() from exc
     try:
         for i in range(steps):
-            with tf.profiler.experimental.Trace("kerastrace_step", step_num=i, _r=1):
+            with tf_compat.step_trace("kerastrace_step", i):
                 run_step()
     finally:
         tf.profiler.experimental.stop()

@@ -297,12 +297,25 @@ def profile_model(
       a layer shared by several parents is one row, at its first path. The
       first row is the model itself, with path `""` (its `name` is the
       model's name).
-    - **FLOPs**: the function is frozen and `tf.compat.v1.profiler` counts
-      `float_operation` over it; ops the profiler leaves at zero are counted
-      here (`Einsum` - the attention products of `keras.layers.MultiHeadAttention`
-      -, activations, fused batch norm) and any compute op still without a
-      count is listed in `ModelProfile.uncounted_ops`. Each op goes to the
+    - **FLOPs and MACs**: the function is frozen and `tf.compat.v1.profiler`
+      counts `float_operation` over it; ops the profiler leaves at zero are
+      counted here (`Einsum` - the attention products of
+      `keras.layers.MultiHeadAttention` -, activations, fused batch norm,
+      `cumsum`). `flops` counts every floating-point operation, one
+      multiply-accumulate = 2 FLOPs; `macs` counts the multiply-accumulates
+      of MatMul, BatchMatMul, convolutions and Einsum contractions only (the
+      "multiply-adds" of published model figures); `elementwise_flops` is
+      the rest (`flops = 2 * macs + elementwise_flops`). Each op goes to the
       innermost layer whose scope holds it.
+    - **Loops and uncounted ops**: ops inside a `tf.while_loop` (`LSTM`,
+      `GRU`, loops of custom layers) or a `tf.cond` branch count once per
+      run: the frozen graph is run once on the inputs to count the runs
+      (which also resolves shapes unknown at trace time). Every
+      floating-point op still without a count (no FLOP formula, a shape
+      that changes between loop iterations, ...) is left out of the totals
+      and listed in `ModelProfile.uncounted_details` with the reason; the
+      rows that hold one are marked in the table. Parameters and time do
+      not depend on FLOP counting and are always reported.
     - **Time**: `warmup` runs, then `steps` runs under a real
       `tf.profiler.experimental` trace written to `logdir/plugins/profile/`
       (TensorBoard's profile plugin opens it); op events are mapped to layers
@@ -357,6 +370,8 @@ def profile_model(
     >>> p = profile_model(model, trace=False)
     >>> p["fc"].flops  # 2 * 1 * 8 * 4 + 1 * 4
     68
+    >>> p["fc"].macs, p["fc"].elementwise_flops  # the matmul; the bias add
+    (32, 4)
     >>> p["fc"].params, p.total_params
     (36, 36)
     >>> [row.path for row in p.layers], p.layers[0].name == model.name
@@ -383,7 +398,7 @@ def profile_model(
     tensors = _make_inputs(model, inputs, input_shape, input_dtype, batch_size, seed)
     root, nodes, concrete = _trace_forward(model, tensors)
     index = _scopes.ScopeIndex(nodes)
-    flops = _count_flops(concrete, index)
+    flops = _count_flops(concrete, index, root, tensors)
     timing = _measure_time(concrete, tensors, index, logdir, warmup, steps) if trace else None
     profile = _assemble(model, tensors, root, nodes, flops, timing, steps)
     if depth is not None:
@@ -422,25 +437,46 @@ def _trace_forward(model, tensors):
 @dataclasses.dataclass
 class _Flops:
     total: int
+    total_macs: int
     unassigned: int
+    unassigned_macs: int
     per_node: collections.Counter
-    uncounted: dict
+    macs_per_node: collections.Counter
+    uncounted_per_node: collections.Counter
+    uncounted: list  # dicts: name, type, layer, reason
     ours: dict
 
 
-def _count_flops(concrete, index) -> _Flops:
-    frozen = _flops.freeze(concrete)
-    op_flops, uncounted, ours = _flops.graph_flops(frozen.graph)
-    per_node = collections.Counter()
-    unassigned = 0
-    for name, f in op_flops.items():
+def _count_flops(concrete, index, root, tensors) -> _Flops:
+    """FLOPs and MACs per layer; when counting fails, none, and the reason in `uncounted`."""
+    out = _Flops(0, 0, 0, 0, collections.Counter(), collections.Counter(),
+                 collections.Counter(), [], {})  # fmt: skip
+    try:
+        counted = _flops.count_graph(_flops.freeze(concrete), tf.nest.flatten(tensors))
+    except Exception as exc:  # parameters, memory and time must survive
+        reason = f"counting FLOPs failed: {_reason(exc)}"
+        logger.warning("kerastrace: %s; FLOPs and MACs are unavailable", reason)
+        out.uncounted.append({"name": None, "type": "(all ops)", "layer": "", "reason": reason})
+        out.uncounted_per_node[id(root)] += 1
+        return out
+    out.ours = counted.ours
+    for name, c in counted.counts.items():
+        out.total += c.flops
+        out.total_macs += c.macs
         node = index.lookup(name)
         if node is None:
-            unassigned += f
+            out.unassigned += c.flops
+            out.unassigned_macs += c.macs
         else:
-            per_node[id(node)] += f
-    return _Flops(int(sum(op_flops.values())), int(unassigned), per_node,
-                  {k: len(names) for k, names in uncounted.items()}, ours)  # fmt: skip
+            out.per_node[id(node)] += c.flops
+            out.macs_per_node[id(node)] += c.macs
+    for u in counted.uncounted:
+        node = index.lookup(u.name)
+        if node is not None:
+            out.uncounted_per_node[id(node)] += 1
+        layer = None if node is None else node.path
+        out.uncounted.append({"name": u.name, "type": u.type, "layer": layer, "reason": u.reason})
+    return out
 
 
 @dataclasses.dataclass
@@ -550,6 +586,9 @@ def _assemble(model, tensors, root, nodes, flops, timing, steps) -> ModelProfile
                 param_bytes=nbytes,
                 flops=int(sum(flops.per_node[id(s)] for s in sub)),
                 self_flops=int(flops.per_node[id(n)]),
+                macs=int(sum(flops.macs_per_node[id(s)] for s in sub)),
+                self_macs=int(flops.macs_per_node[id(n)]),
+                uncounted_ops=int(sum(flops.uncounted_per_node[id(s)] for s in sub)),
                 output_bytes=int(n.output_bytes),
                 calls=len(n.scopes),
                 time_ms=t_total,
@@ -569,12 +608,15 @@ def _assemble(model, tensors, root, nodes, flops, timing, steps) -> ModelProfile
         layers=rows,
         total_flops=flops.total,
         unassigned_flops=flops.unassigned,
+        total_macs=flops.total_macs,
+        unassigned_macs=flops.unassigned_macs,
         total_params=root_train + root_non,
         trainable_params=root_train,
         non_trainable_params=root_non,
         param_bytes=root_bytes,
         activation_bytes=int(sum(n.output_bytes for n in leaves)),
-        uncounted_ops=flops.uncounted,
+        uncounted_ops=dict(collections.Counter(u["type"] for u in flops.uncounted)),
+        uncounted_details=flops.uncounted,
         counted_by_kerastrace=flops.ours,
         time_available=time_ok,
         time_note=timing.note,

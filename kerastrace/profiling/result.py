@@ -11,15 +11,20 @@ from typing import Any
 from kerastrace._utils import validation as v
 
 FLOPS_CONVENTION = (
-    "FLOPs: forward pass, one multiply-add = 2 FLOPs (MACs = FLOPs / 2), "
-    "one FLOP per element for element-wise ops, 5 per element for softmax"
+    "Conventions (forward pass): FLOPs = every floating-point operation, one "
+    "multiply-accumulate = 2 FLOPs. MACs = multiply-accumulates of MatMul, BatchMatMul, "
+    "convolutions and Einsum contractions only (the 'multiply-adds' of published model "
+    "figures). Elem FLOPs = all other FLOPs (bias adds, activations, normalization, pooling, "
+    "reductions: one per element; softmax: 5 per element). FLOPs = 2 x MACs + Elem FLOPs."
 )
 
 _SORT_KEYS = {
     "path": ("path", False),
     "flops": ("flops", True),
     "self_flops": ("self_flops", True),
-    "macs": ("flops", True),
+    "macs": ("macs", True),
+    "self_macs": ("self_macs", True),
+    "elementwise_flops": ("elementwise_flops", True),
     "params": ("params", True),
     "self_params": ("self_params", True),
     "output_bytes": ("output_bytes", True),
@@ -50,8 +55,17 @@ class LayerProfile:
         non_trainable_params: Non-trainable parameters (sublayers included).
         self_params: Parameters owned by the layer itself.
         param_bytes: Bytes of the parameters (sublayers included).
-        flops: Forward FLOPs (sublayers included) at the profiled batch size.
+        flops: Forward FLOPs (sublayers included) at the profiled batch size:
+            every floating-point operation, one multiply-accumulate = 2 FLOPs.
         self_flops: Forward FLOPs of the layer's own ops.
+        macs: Multiply-accumulates (sublayers included) of the MAC ops only:
+            MatMul, BatchMatMul, convolutions and Einsum contractions. The
+            remaining FLOPs are `elementwise_flops`
+            (`flops == 2 * macs + elementwise_flops`).
+        self_macs: Multiply-accumulates of the layer's own ops.
+        uncounted_ops: Floating-point ops (sublayers included) without a
+            FLOP count, left out of `flops`: when not 0, `flops` is a lower
+            bound (see `ModelProfile.uncounted_details`).
         output_bytes: Bytes of the layer's outputs over all its calls.
         calls: How many times the layer is called in one forward pass.
         time_ms: Measured op time per step (sublayers included), `None` when not traced.
@@ -71,6 +85,9 @@ class LayerProfile:
     param_bytes: int
     flops: int
     self_flops: int
+    macs: int
+    self_macs: int
+    uncounted_ops: int
     output_bytes: int
     calls: int
     time_ms: float | None = None
@@ -92,14 +109,20 @@ class LayerProfile:
         return self.trainable_params + self.non_trainable_params
 
     @property
-    def macs(self) -> float:
-        """Multiply-accumulates, `flops / 2`."""
-        return self.flops / 2
+    def elementwise_flops(self) -> int:
+        """FLOPs of the ops that are not multiply-accumulates: `flops - 2 * macs`."""
+        return self.flops - 2 * self.macs
+
+    @property
+    def self_elementwise_flops(self) -> int:
+        """`self_flops - 2 * self_macs`."""
+        return self.self_flops - 2 * self.self_macs
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["params"] = self.params
-        d["macs"] = self.macs
+        d["elementwise_flops"] = self.elementwise_flops
+        d["self_elementwise_flops"] = self.self_elementwise_flops
         return d
 
 
@@ -149,14 +172,22 @@ class ModelProfile:
             input, in the model's order), or a dict by name for dict inputs.
         layers: The `LayerProfile` rows; `layers[0]` is the model itself
             (path `""`, named after the model).
-        total_flops: Forward FLOPs of the whole traced graph.
+        total_flops: Forward FLOPs of the whole traced graph (one
+            multiply-accumulate = 2 FLOPs).
         unassigned_flops: FLOPs of ops outside every layer's name scope.
+        total_macs: Multiply-accumulates of the MAC ops (MatMul,
+            BatchMatMul, convolutions, Einsum contractions) of the whole graph.
+        unassigned_macs: Multiply-accumulates outside every layer's name scope.
         total_params: `model.count_params()`.
         trainable_params: Trainable parameters.
         non_trainable_params: Non-trainable parameters.
         param_bytes: Bytes of all parameters.
         activation_bytes: Sum of the output bytes of the leaf layers.
-        uncounted_ops: Op type -> number of compute ops with no FLOP count.
+        uncounted_ops: Op type -> number of floating-point ops with no FLOP
+            count (left out of the totals).
+        uncounted_details: One dict per such op: `name` (the graph op),
+            `type`, `layer` (its row's path, None outside every layer) and
+            `reason`.
         counted_by_kerastrace: Op type -> number of ops counted by kerastrace
             because the TF profiler registry has no count for them (e.g. `Einsum`).
         time_available: Whether the measured-time columns are filled.
@@ -177,12 +208,15 @@ class ModelProfile:
     layers: list[LayerProfile]
     total_flops: int
     unassigned_flops: int
+    total_macs: int
+    unassigned_macs: int
     total_params: int
     trainable_params: int
     non_trainable_params: int
     param_bytes: int
     activation_bytes: int
     uncounted_ops: dict = dataclasses.field(default_factory=dict)
+    uncounted_details: list = dataclasses.field(default_factory=list)
     counted_by_kerastrace: dict = dataclasses.field(default_factory=dict)
     time_available: bool = False
     time_note: str = ""
@@ -197,8 +231,13 @@ class ModelProfile:
 
     # ------------------------------------------------------------------ access
     @property
-    def total_macs(self) -> float:
-        return self.total_flops / 2
+    def total_elementwise_flops(self) -> int:
+        """FLOPs that are not multiply-accumulates: `total_flops - 2 * total_macs`."""
+        return self.total_flops - 2 * self.total_macs
+
+    @property
+    def unassigned_elementwise_flops(self) -> int:
+        return self.unassigned_flops - 2 * self.unassigned_macs
 
     def __getitem__(self, path_or_name: str) -> LayerProfile:
         """Row by path (`"block/attention"`, `""` for the model) or by unique layer name.
@@ -248,6 +287,7 @@ class ModelProfile:
             anc = rows["/".join(r.path.split("/")[:depth])]  # "" is the model's row
             anc.self_params += r.self_params
             anc.self_flops += r.self_flops
+            anc.self_macs += r.self_macs
             if anc.self_time_ms is not None and r.self_time_ms is not None:
                 anc.self_time_ms += r.self_time_ms
         return dataclasses.replace(self, layers=kept)
@@ -256,7 +296,7 @@ class ModelProfile:
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["layers"] = [r.to_dict() for r in self.layers]
-        d["total_macs"] = self.total_macs
+        d["total_elementwise_flops"] = self.total_elementwise_flops
         return d
 
     def to_json(self, path: str | None = None, indent: int | None = 2) -> str:
@@ -269,7 +309,8 @@ class ModelProfile:
 
     _CSV_FIELDS = (
         "path class_name name depth output_shape trainable_params non_trainable_params self_params "
-        "param_bytes flops self_flops macs output_bytes calls time_ms self_time_ms time_share"
+        "param_bytes flops self_flops macs self_macs elementwise_flops self_elementwise_flops "
+        "uncounted_ops output_bytes calls time_ms self_time_ms time_share"
     ).split()
 
     def to_csv(self, path: str | None = None) -> str:
@@ -286,7 +327,10 @@ class ModelProfile:
                 "path": "(unassigned)",
                 "flops": self.unassigned_flops,
                 "self_flops": self.unassigned_flops,
-                "macs": self.unassigned_flops / 2,
+                "macs": self.unassigned_macs,
+                "self_macs": self.unassigned_macs,
+                "elementwise_flops": self.unassigned_elementwise_flops,
+                "self_elementwise_flops": self.unassigned_elementwise_flops,
                 "time_ms": self.unassigned_time_ms,
                 "self_time_ms": self.unassigned_time_ms,
             }
@@ -302,7 +346,8 @@ class ModelProfile:
 
         Args:
             sort_by: `None` (model order, indented tree) or one of `"flops"`,
-                `"self_flops"`, `"macs"`, `"params"`, `"self_params"`,
+                `"self_flops"`, `"macs"`, `"self_macs"`, `"elementwise_flops"`,
+                `"params"`, `"self_params"`,
                 `"output_bytes"`, `"time"`, `"self_time"`, `"share"`, `"path"`.
             top_k: Show only the first `top_k` rows (after sorting).
 
@@ -325,7 +370,7 @@ class ModelProfile:
             rows = rows[: v.check_positive_int("top_k", top_k)]
         header = [
             "Layer", "Class", "Output shape", "Params", "Non-train", "FLOPs", "Self FLOPs",
-            "Out bytes", "Self ms", "Total ms", "Share",
+            "MACs", "Elem FLOPs", "Out bytes", "Self ms", "Total ms", "Share",
         ]  # fmt: skip
         body = []
         for r in rows:
@@ -337,8 +382,10 @@ class ModelProfile:
                     _clip(_shape(r.output_shape), 40),
                     _human(r.params),
                     _human(r.non_trainable_params),
-                    _human(r.flops),
+                    _human(r.flops) + ("*" if r.uncounted_ops else ""),
                     _human(r.self_flops),
+                    _human(r.macs),
+                    _human(r.elementwise_flops),
                     _bytes(r.output_bytes),
                     "n/a" if r.self_time_ms is None else f"{r.self_time_ms:.3f}",
                     "n/a" if r.time_ms is None else f"{r.time_ms:.3f}",
@@ -360,10 +407,14 @@ class ModelProfile:
         lines.append("-" * len(fmt(header)))
         lines.append(
             f"Total: {_human(self.total_params)} params ({_human(self.trainable_params)} "
-            f"trainable, {_bytes(self.param_bytes)}), {_human(self.total_flops)} FLOPs = "
-            f"{_human(self.total_macs)} MACs, activations {_bytes(self.activation_bytes)}"
+            f"trainable, {_bytes(self.param_bytes)}), {_human(self.total_flops)} FLOPs = 2 x "
+            f"{_human(self.total_macs)} MACs + {_human(self.total_elementwise_flops)} "
+            f"element-wise FLOPs, activations {_bytes(self.activation_bytes)}"
         )
-        lines.append(f"Unassigned FLOPs (ops outside any layer): {_human(self.unassigned_flops)}")
+        lines.append(
+            f"Unassigned FLOPs (ops outside any layer): {_human(self.unassigned_flops)} "
+            f"({_human(self.unassigned_macs)} MACs)"
+        )
         if self.time_available:
             lines.append(
                 f"Traced op time per step: {self.total_time_ms:.3f} ms, unassigned "
@@ -381,13 +432,27 @@ class ModelProfile:
                 "Counted by kerastrace (no TF profiler count): "
                 + ", ".join(f"{k} x{n}" for k, n in sorted(self.counted_by_kerastrace.items()))
             )
-        if self.uncounted_ops:
-            lines.append(
-                "Ops without a FLOP count (0 in the totals): "
-                + ", ".join(f"{k} x{n}" for k, n in sorted(self.uncounted_ops.items()))
-            )
+        lines += self._uncounted_lines()
         lines.append(self.flops_convention)
         return "\n".join(lines)
+
+    def _uncounted_lines(self) -> list[str]:
+        """The footer lines that list every op without a FLOP count, grouped by type and reason."""
+        if not self.uncounted_details:
+            return []
+        groups: dict = {}
+        for u in self.uncounted_details:
+            groups.setdefault((u["type"], u["reason"]), []).append(u["layer"])
+        lines = [
+            f"* Ops without a FLOP count ({len(self.uncounted_details)}, left out of the FLOPs "
+            "and MACs; marked rows are lower bounds):"
+        ]
+        for (op_type, reason), layers in sorted(groups.items()):
+            where = sorted({"(unassigned)" if p is None else (p or self.model_name)
+                            for p in layers})  # fmt: skip
+            more = "" if len(where) <= 4 else f", ... ({len(where)} layers)"
+            lines.append(f"  {op_type} x{len(layers)} in {', '.join(where[:4])}{more}: {reason}")
+        return lines
 
     def __str__(self) -> str:
         return self.to_table()
@@ -432,9 +497,11 @@ class ModelProfile:
                     [100 * (r.self_time_ms or 0) / self.total_time_ms for r in rows], h,
                     label="time %")  # fmt: skip
         ax.set_yticks(y)
-        ax.set_yticklabels([r.label for r in rows], fontsize=8)
+        ax.set_yticklabels([_literal(r.label) for r in rows], fontsize=8)
         ax.set_xlabel("share of the model (%)")
-        ax.set_title(f"{self.model_name}: FLOPs and time per layer (batch {self.batch_size})")
+        ax.set_title(
+            _literal(f"{self.model_name}: FLOPs and time per layer (batch {self.batch_size})")
+        )
         ax.legend(loc="lower right")
         return fig, ax
 
@@ -464,6 +531,11 @@ class ModelProfile:
         writer.flush()
         writer.close()
         return logdir
+
+
+def _literal(text: str) -> str:
+    """`text` drawn by matplotlib as is: `$` escaped so that no mathtext is parsed."""
+    return str(text).replace("$", r"\$")
 
 
 def _clip(text: str, width: int) -> str:

@@ -17,7 +17,6 @@ import functools
 import inspect
 import logging
 import os
-import weakref
 from collections.abc import Callable, Sequence
 
 import keras
@@ -348,9 +347,23 @@ def _top_logit(outputs):
     return tf.reduce_max(out, axis=-1)
 
 
-# One attribution object (so one compiled function) per model, kept weakly:
-# AttributionMonitor calls gradient_x_embedding every epoch.
-_GXE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# One attribution object (so one compiled function) per model: AttributionMonitor
+# calls gradient_x_embedding every epoch. The object holds the model, so it is kept
+# on the model itself (past Keras' attribute tracking) and collected with it; a
+# cache keyed by the model (even a WeakKeyDictionary) would keep the model alive.
+_GXE = "_kerastrace_gradient_x_embedding"
+
+
+def _cached_method(model, probe_inputs):
+    method = getattr(model, _GXE, None)
+    if method is not None and getattr(method, "model", None) is model:
+        return method
+    method = _default_method(model, probe_inputs)
+    try:
+        object.__setattr__(model, _GXE, method)
+    except (AttributeError, TypeError):  # not an object with attributes: no cache
+        pass
+    return method
 
 
 def _is_float_sequence(probe_inputs) -> bool:
@@ -412,10 +425,7 @@ def gradient_x_embedding(model, probe_inputs, target=None) -> np.ndarray:
     """
     from kerastrace.attribution import token_scores
 
-    method = _GXE.get(model)
-    if method is None:
-        method = _default_method(model, probe_inputs)
-        _GXE[model] = method
+    method = _cached_method(model, probe_inputs)
     attr = method.attribute(probe_inputs, target=_top_logit if target is None else target)
     return token_scores(np.asarray(attr))
 

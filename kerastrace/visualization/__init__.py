@@ -4,6 +4,12 @@
 function takes `ax=None` (multi-axes ones `fig=None`), returns `(fig, ax)` and
 never calls `plt.show()`.
 
+Tokens, feature names and layer names are drawn as they are: every `$` is
+escaped, so matplotlib never reads them as mathtext (`"$5"`, `"$x^2$"` are
+shown literally); the HTML views escape every token (`html.escape`) and ask
+Jupyter's MathJax to leave them alone. Titles passed as `title=` are the
+caller's own and keep matplotlib's mathtext.
+
 Example:
 
 >>> import numpy as np

@@ -7,7 +7,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from kerastrace._utils.lazy import pyplot
-from kerastrace.visualization._common import as_1d, check_tokens, keep_positions, new_axes
+from kerastrace.visualization._common import (
+    as_1d,
+    check_tokens,
+    keep_positions,
+    literal,
+    literals,
+    new_axes,
+)
 
 
 def _pick_matrix(weights, batch, head):
@@ -28,8 +35,8 @@ def _pick_matrix(weights, batch, head):
 def _heatmap(ax, mat, row_labels, col_labels, cmap, vmin=0.0, vmax=None, labels=True):
     im = ax.imshow(mat, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     if labels:
-        ax.set_xticks(range(len(col_labels)), col_labels, rotation=90, fontsize=8)
-        ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
+        ax.set_xticks(range(len(col_labels)), literals(col_labels), rotation=90, fontsize=8)
+        ax.set_yticks(range(len(row_labels)), literals(row_labels), fontsize=8)
     else:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -167,7 +174,7 @@ def plot_model_view(
             if li == 0:
                 ax.set_title(f"head {h}", fontsize=9)
             if h == 0:
-                ax.set_ylabel(name, fontsize=8)
+                ax.set_ylabel(literal(name), fontsize=8)
     return fig, axes
 
 
@@ -221,7 +228,7 @@ def plot_rollout(
     keep = keep_positions(mask, s.shape[0])
     fig, ax = new_axes(ax)
     ax.bar(range(len(keep)), s[keep], color="tab:orange")
-    ax.set_xticks(range(len(keep)), [toks[i] for i in keep], rotation=90, fontsize=8)
+    ax.set_xticks(range(len(keep)), literals(toks[i] for i in keep), rotation=90, fontsize=8)
     ax.set_ylabel("share")
     ax.set_title(title)
     return fig, ax
@@ -284,7 +291,7 @@ def plot_head_statistics(stats, ax=None, *, stat: str = "entropy", cmap: str = "
             color="black" if light else "white",
         )
     ax.set_xticks(range(arr.shape[1]), [str(h) for h in range(arr.shape[1])])
-    ax.set_yticks(range(arr.shape[0]), names, fontsize=8)
+    ax.set_yticks(range(arr.shape[0]), literals(names), fontsize=8)
     ax.set_xlabel("head")
     ax.set_title(stat.replace("_", " "))
     return fig, ax

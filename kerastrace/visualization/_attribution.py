@@ -12,6 +12,8 @@ from kerastrace.visualization._common import (
     diverging_rgb,
     escape,
     keep_positions,
+    literal,
+    literals,
     new_axes,
     rgb_hex,
 )
@@ -35,7 +37,7 @@ def plot_token_attributions(
     Args:
         scores: `(T,)` (or `(1, T)`) token scores, e.g. an attribution summed
             over the embedding axis.
-        tokens: `T` token strings.
+        tokens: `T` token strings, drawn literally (`$` is not mathtext).
         ax: Matplotlib axes; a new figure when None.
         mask: Optional `(T,)` boolean array; masked tokens are left out.
         fontsize: Font size of the tokens.
@@ -78,7 +80,7 @@ def plot_token_attributions(
         text = ax.text(
             x,
             1.0 - (line + 0.5) * line_h / ax_h,
-            tok,
+            literal(tok),
             fontsize=fontsize,
             va="center",
             ha="left",
@@ -124,7 +126,8 @@ def token_attributions_html(
 
     Args:
         scores: `(T,)` token scores.
-        tokens: `T` token strings (HTML-escaped in the output).
+        tokens: `T` token strings (HTML-escaped in the output; the snippet is
+            marked for Jupyter's MathJax to skip, so `$` stays literal).
         mask: Optional `(T,)` boolean array; masked tokens are left out.
         vmax: Score that maps to the full colour (default: max absolute score).
 
@@ -152,7 +155,8 @@ def token_attributions_html(
     ]
     body = " ".join(spans)
     return TokenAttributionsHTML(
-        f'<div class="kerastrace-tokens" style="font-family:monospace;line-height:1.9;">{body}</div>'
+        '<div class="kerastrace-tokens tex2jax_ignore mathjax_ignore" '
+        f'style="font-family:monospace;line-height:1.9;">{body}</div>'
     )
 
 
@@ -298,7 +302,7 @@ def plot_feature_attributions(
     vals = s[order]
     colors = ["tab:red" if x >= 0 else "tab:blue" for x in vals]
     ax.barh(range(len(order)), vals, color=colors)
-    ax.set_yticks(range(len(order)), [labels[i] for i in order])
+    ax.set_yticks(range(len(order)), literals(labels[i] for i in order))
     ax.invert_yaxis()
     ax.axvline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel("attribution")
@@ -423,7 +427,7 @@ def plot_profile(profile, ax=None, *, top_k: int = 15, sort_by: str | None = Non
         label="time %",
         color="tab:orange",
     )
-    ax.set_yticks(y, [r["path"] for r in rows], fontsize=8)
+    ax.set_yticks(y, literals(r["path"] for r in rows), fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("share of total (%)")
     ax.legend(loc="lower right", fontsize=8)

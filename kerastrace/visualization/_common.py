@@ -76,4 +76,19 @@ def rgb_hex(rgb) -> str:
 
 
 def escape(text: str) -> str:
+    """`text` for HTML: `&`, `<`, `>` and quotes escaped."""
     return html.escape(str(text), quote=True)
+
+
+def literal(text) -> str:
+    """`text` as matplotlib draws it, character for character.
+
+    Matplotlib reads a string with a pair of `$` as mathtext (`"$x^2$"` becomes
+    x squared, `"$\\frac$"` fails when the figure is drawn); a token of the
+    user's text is never math, so every `$` is escaped (`\\$` is drawn as `$`).
+    """
+    return str(text).replace("$", r"\$")
+
+
+def literals(texts) -> list[str]:
+    return [literal(t) for t in texts]

@@ -62,10 +62,25 @@ def test_randomization_sanity_check_separates(trained, name):
     # (Adebayo et al. 2018 report the same for gradient x input / IG: ~0.53 here), so
     # IG is compared signed; saliency and SmoothGrad by absolute value.
     absolute = name != "ig"
+    # saved BEFORE the check: the model must come out of it exactly as it went in
+    weights_before = [np.array(w) for w in model.get_weights()]
+    attr_before = np.asarray(explain(model))
     result = metrics.randomization_sanity_check(model, explain, absolute=absolute, seed=0)
     assert [s for s, _ in result] == ["original", model.layers[1].name, model.layers[0].name]
     assert result[0][1] == 1.0
     assert result[-1][1] < 0.5, result
-    again = metrics.randomization_sanity_check(model, explain, absolute=absolute, seed=0)
-    assert again == result  # seeded
-    np.testing.assert_allclose(explain(model), explain(model), rtol=1e-5)  # model untouched
+    _assert_untouched(model, weights_before, explain, attr_before)  # randomized a copy
+    # in place (what happens when no copy can be made): randomized, then restored
+    again = metrics.randomization_sanity_check(
+        model, explain, absolute=absolute, seed=0, copy="never"
+    )
+    assert again == result  # seeded: the same stages and correlations
+    _assert_untouched(model, weights_before, explain, attr_before)
+
+
+def _assert_untouched(model, weights_before, explain, attr_before):
+    after = model.get_weights()
+    assert len(after) == len(weights_before)
+    for w, w0 in zip(after, weights_before):
+        np.testing.assert_array_equal(w, w0)
+    np.testing.assert_allclose(np.asarray(explain(model)), attr_before, rtol=1e-5, atol=1e-7)

@@ -1,4 +1,4 @@
-"""FLOPs and parameters against analytic formulas (one multiply-add = 2 FLOPs)."""
+"""FLOPs, MACs and parameters against analytic formulas (one multiply-accumulate = 2 FLOPs)."""
 
 import keras
 import numpy as np
@@ -20,7 +20,10 @@ def test_dense_exact_and_linear_in_batch(batch):
     p = profile_model(model, batch_size=batch, trace=False)
     assert p["fc"].flops == 2 * batch * n_in * n_out + batch * n_out
     assert p.total_flops == p["fc"].flops
-    assert p["fc"].macs == p["fc"].flops / 2
+    # MACs: the matmul only; the bias add is element-wise
+    assert p["fc"].macs == p.total_macs == batch * n_in * n_out
+    assert p["fc"].elementwise_flops == p.total_elementwise_flops == batch * n_out
+    assert p["fc"].flops == 2 * p["fc"].macs + p["fc"].elementwise_flops
 
 
 def test_dense_on_sequence_counts_every_position():
@@ -39,6 +42,8 @@ def test_conv2d_exact(batch, padding):
     ho, wo = (h, w) if padding == "same" else (h - k + 1, w - k + 1)
     out = batch * ho * wo * cout
     assert p["conv"].flops == 2 * out * k * k * cin + out
+    assert p["conv"].macs == out * k * k * cin
+    assert p["conv"].elementwise_flops == out  # bias
     assert p["conv"].output_shape == (batch, ho, wo, cout)
     assert p["conv"].output_bytes == out * 4
 
@@ -50,6 +55,7 @@ def test_depthwise_conv2d_exact(batch):
     p = profile_model(_seq((h, w, c), layer), batch_size=batch, trace=False)
     out = batch * (h - k + 1) * (w - k + 1) * c * mult
     assert p["dw"].flops == 2 * out * k * k + out
+    assert p["dw"].macs == out * k * k
 
 
 def test_einsum_flops_formula():
@@ -72,6 +78,12 @@ def _attention_analytic(t, d, h, kd, out_dim=None, scale_on="query"):
     return proj + scores + softmax + av + out
 
 
+def _attention_macs(t, d, h, kd, out_dim=None):
+    """Multiply-accumulates of self-attention: q/k/v projections, QK^T, AV, output."""
+    out_dim = out_dim or d
+    return 3 * t * d * h * kd + 2 * h * t * t * kd + t * h * kd * out_dim
+
+
 def _close(measured, expected, tol=0.01):
     return abs(measured - expected) <= tol * expected
 
@@ -90,6 +102,7 @@ def test_keras_multi_head_attention_within_1_percent(t, scores):
     # Keras' fused path (no scores) scales the scores, its explicit path the query.
     expected = _attention_analytic(t, D, H, KD, scale_on="query" if scores else "scores")
     assert _close(p["mha"].flops, expected), (p["mha"].flops, expected)
+    assert p["mha"].macs == _attention_macs(t, D, H, KD)  # exact: Einsum contractions
     # Without counting Einsum (QK^T and AV) the layer would look much cheaper.
     # (Keras takes its Einsum path when the scores are not returned.)
     if not scores:
@@ -107,6 +120,7 @@ def test_self_attention_within_1_percent(t):
     out, w = SelfAttention(H, KD, name="sa")(x)
     p = profile_model(keras.Model(x, [out, w]), trace=False)
     assert _close(p["sa"].flops, _attention_analytic(t, D, H, KD))
+    assert p["sa"].macs == _attention_macs(t, D, H, KD)
     assert p["sa"].output_shape == ((1, t, D), (1, H, t, t))
 
 
@@ -147,6 +161,7 @@ def test_sums_match_totals_without_double_counting():
     assert p.total_params == model.count_params()
     assert p.non_trainable_params == 2 * D  # BatchNormalization moving stats
     assert sum(r.self_flops for r in p.layers) + p.unassigned_flops == p.total_flops
+    assert sum(r.self_macs for r in p.layers) + p.unassigned_macs == p.total_macs
     assert p.layers[0].flops + p.unassigned_flops == p.total_flops
     # the shared layer is one row, called twice, with twice the FLOPs of one call
     rows = [r for r in p.layers if r.name == "shared"]
@@ -165,6 +180,8 @@ def test_depth_folds_children_into_parents():
     assert max(r.depth for r in folded.layers) == 1
     assert folded["blk"].self_flops == full["blk"].flops
     assert folded["blk"].self_params == full["blk"].params
+    assert folded["blk"].self_macs == full["blk"].macs > 0
+    assert folded["blk"].macs == full["blk"].macs
     assert sum(r.self_flops for r in folded.layers) == sum(r.self_flops for r in full.layers)
     assert folded.total_flops == full.total_flops
 
@@ -199,13 +216,35 @@ def test_inputs_argument_sets_batch_and_values_do_not_matter():
     assert p1.total_flops == p2.total_flops == p3.total_flops == 2 * 5 * 4 * 3 + 5 * 3
 
 
+def _conv_dense_macs(model):
+    """Multiply-accumulates of a model's convolutions and dense layers, from their shapes."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            _, h, w, c_out = layer.output.shape  # c_out = c_in * depth_multiplier
+            total += h * w * c_out * layer.kernel_size[0] * layer.kernel_size[1]
+        elif isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            c_in = layer.input.shape[-1]
+            total += h * w * c_out * layer.kernel_size[0] * layer.kernel_size[1] * c_in
+        elif isinstance(layer, keras.layers.Dense):
+            total += layer.input.shape[-1] * layer.units
+    return total
+
+
 def test_mobilenet_v2_matches_published_macs():
     # Sandler et al. 2018, Table: MobileNetV2 1.0 @224 = 300M multiply-adds, 3.4M params.
     model = keras.applications.MobileNetV2(weights=None)
     p = profile_model(model, trace=False)
-    assert 290e6 <= p.total_macs <= 320e6
+    analytic = _conv_dense_macs(model)
+    assert analytic == 300_774_272
+    assert p.total_macs == analytic  # MACs of the MAC ops only, exactly
+    assert abs(p.total_macs - 300e6) <= 0.02 * 300e6
+    # FLOPs add batch norm, ReLU6, residual adds, pooling, softmax (element-wise)
+    assert p.total_flops == 2 * p.total_macs + p.total_elementwise_flops
+    assert 0 < p.total_elementwise_flops < 0.1 * p.total_flops
     assert p.total_params == model.count_params() == 3538984
-    assert p.uncounted_ops == {}
+    assert p.uncounted_ops == {} and p.uncounted_details == []
 
 
 @pytest.mark.slow
@@ -213,5 +252,6 @@ def test_resnet50_matches_published_macs():
     # He et al. 2016: ResNet-50 3.8G FLOPs (multiply-adds); commonly 4.1 GMACs incl. everything.
     model = keras.applications.ResNet50(weights=None)
     p = profile_model(model, trace=False)
+    assert p.total_macs == _conv_dense_macs(model)
     assert 3.8e9 <= p.total_macs <= 4.15e9
     assert p.total_params == model.count_params()
