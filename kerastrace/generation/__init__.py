@@ -24,11 +24,26 @@ Example:
 (3, ['entropy', 'log_probability', 'probability'])
 """
 
-from kerastrace.generation._heads import HeadGates, head_importance, mask_heads
-from kerastrace.generation._lens import logit_lens
-from kerastrace.generation._lm import CausalLM, Prompts, generate, step_scores
-from kerastrace.generation._results import GenerationTrace, HeadImportance, LogitLens
-from kerastrace.generation._trace import METHODS, GenerationTracer, trace_generation
+import importlib
+
+#: The tracing methods of `GenerationTracer` (defined here, so that importing the
+#: names does not import TensorFlow: the command line builds its parser from it).
+METHODS = (
+    "integrated_gradients",
+    "input_x_gradient",
+    "saliency",
+    "occlusion",
+    "attention",
+    "attention_x_gradient",
+)
+
+_LAZY = {
+    "HeadGates": "_heads", "head_importance": "_heads", "mask_heads": "_heads",
+    "logit_lens": "_lens",
+    "CausalLM": "_lm", "Prompts": "_lm", "generate": "_lm", "step_scores": "_lm",
+    "GenerationTrace": "_results", "HeadImportance": "_results", "LogitLens": "_results",
+    "GenerationTracer": "_trace", "trace_generation": "_trace",
+}
 
 __all__ = [
     "METHODS",
@@ -46,3 +61,16 @@ __all__ = [
     "step_scores",
     "trace_generation",
 ]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

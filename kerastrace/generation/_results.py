@@ -218,10 +218,16 @@ document.querySelectorAll('.ex').forEach(function(ex){
         return fig, ax
 
     def to_tensorboard(self, logdir, step: int = 0, name: str = "generation"):
-        """Write a text summary (tokens, step scores, top sources) and the matrix image."""
+        """Write a text summary (tokens, step scores, top sources) and the matrix image.
+
+        Also writes the trace for the generation view of the kerastrace
+        TensorBoard dashboard (`kerastrace.tensorboard.write_generation_data`,
+        tag `"kerastrace/<name>"`): tokens coloured by step score, click one
+        to see its sources.
+        """
         import tensorflow as tf
 
-        from kerastrace.tensorboard import get_writer
+        from kerastrace.tensorboard import get_writer, write_generation_data
 
         writer = get_writer(logdir)
         with writer.as_default(step=step):
@@ -239,6 +245,7 @@ document.querySelectorAll('.ex').forEach(function(ex){
                 tf.summary.text(f"{name}/example_{i}", "\n".join(lines))
                 fig, _ = self.plot(i)
                 tf.summary.image(f"{name}/example_{i}/sources", _figure_image(fig))
+        write_generation_data(writer, self, step=step, name=name)
         writer.flush()
 
 

@@ -5,17 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from kerastrace._utils import validation as v
+from kerastrace.generation import METHODS
 from kerastrace.generation._lm import CausalLM, Prompts, as_prompts, generate, step_scores
 from kerastrace.generation._results import GenerationTrace
 
-METHODS = (
-    "integrated_gradients",
-    "input_x_gradient",
-    "saliency",
-    "occlusion",
-    "attention",
-    "attention_x_gradient",
-)
 SCORES = ("logit", "probability", "log_probability")
 
 
