@@ -215,6 +215,52 @@ def _output_shape(model, inputs):
     return tuple(np.shape(out)[1:])
 
 
+def _token_embedding_or_none(model):
+    from kerastrace._utils import instrument
+
+    try:
+        return instrument.find_token_embedding(model)
+    except Exception:  # noqa: BLE001 - a model that cannot be traced symbolically
+        return None
+
+
+def _baseline_ids(baselines, ids):
+    """Baseline token ids broadcast to `ids`; non-integral values are refused, not truncated."""
+    from kerastrace.attribution import _core
+
+    arr = np.asarray(baselines.numpy() if hasattr(baselines, "numpy") else baselines)
+    try:
+        arr = np.broadcast_to(arr, ids.shape)
+    except ValueError:
+        raise ValueError(
+            "Received an invalid value for argument `baselines`, expected token ids that "
+            f"broadcast to `ids` {ids.shape}. Received: baselines with shape {arr.shape}"
+        ) from None
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.inexact)):
+        raise v.invalid("baselines", "integer token ids", baselines)
+    _core.check_integral(arr, "baselines", "the baseline token ids")
+    return arr.astype("int32")
+
+
+def _check_ids(ids, pad_id, baselines, layer):
+    """Token ids, the pad id and baseline ids must be in the token embedding's vocabulary."""
+    from kerastrace.attribution import _core
+
+    if layer is None:
+        return
+    n = getattr(layer, "input_dim", None)
+    if n is not None and not 0 <= int(pad_id) < n:
+        raise v.invalid(
+            "pad_id", f"an id in the token embedding's vocabulary, 0..{n - 1}", pad_id,
+            hint=f"The token embedding {layer.name!r} has input_dim={n}",
+        )
+    _core.check_ids_in_vocabulary(ids, layer, "ids", "the token ids")
+    if baselines is not None:
+        _core.check_ids_in_vocabulary(
+            _baseline_ids(baselines, ids), layer, "baselines", "the baseline token ids"
+        )
+
+
 def _keep_mask(ids, mask, special_ids):
     """Positions the IG baseline keeps: padding and special tokens ([CLS], [SEP])."""
     keep = ~np.asarray(mask, bool)
@@ -300,7 +346,10 @@ def token_attributions(
         `kernel_shap` (else None).
 
     Raises:
-        ValueError: for an unknown method or ids that are not `(B, T)`.
+        ValueError: for an unknown method, ids that are not `(B, T)`, ids,
+            `pad_id` or baseline ids outside the token embedding's
+            vocabulary (`input_dim`), non-integral baselines, and NaN/inf
+            model outputs or gradients.
     """
     from kerastrace import attention, attribution
     from kerastrace._utils import instrument
@@ -314,8 +363,12 @@ def token_attributions(
             f"shape (B, T). Received: ids.shape={ids.shape}, dtype={ids.dtype}"
         )
     ids = ids.astype("int32")
+    if isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer)):
+        raise v.invalid("pad_id", "an integer token id", pad_id)
     mask = ids != pad_id if mask is None else np.asarray(mask, bool)
     _check_token_model(model)
+    vocab_layer = embedding_layer or _token_embedding_or_none(model)
+    _check_ids(ids, pad_id, baselines, vocab_layer)
     inputs = model_inputs(model, ids, mask, segment_ids)
     if target is None:  # the predicted class: one forward pass
         logits = np.asarray(model.predict(inputs, verbose=0, batch_size=256))
@@ -344,7 +397,7 @@ def token_attributions(
             if baselines is None:
                 base_ids = np.where(_keep_mask(ids, mask, special_ids), ids, pad_id)
             else:
-                base_ids = np.broadcast_to(np.asarray(baselines), ids.shape).astype("int32")
+                base_ids = _baseline_ids(baselines, ids)
             base = model_inputs(model, base_ids, mask, segment_ids)
             base = {"token_ids": base["token_ids"]} if isinstance(base, dict) else base
             attr, delta = lig.attribute(
@@ -472,6 +525,21 @@ def _perturbation_scores(model, inputs, ids, mask, targets, method, pad_id, spec
     return np.where(keep, share, 0.0).astype("float32"), info.delta
 
 
+#: How `TextExplanation.plot()` / `to_html()` mark a word that is not in the vocabulary.
+UNKNOWN_MARK = " (unknown)"
+#: The note shown with the pictures when some words are unknown.
+UNKNOWN_NOTE = (
+    "(unknown): word not in the tokenizer's vocabulary; the model read [UNK] there, "
+    "so its score is that of the unknown token."
+)
+
+
+def _html_escape(text: str) -> str:
+    import html
+
+    return html.escape(str(text), quote=True)
+
+
 @dataclasses.dataclass
 class TextExplanation:
     """The explanation of one string.
@@ -493,6 +561,16 @@ class TextExplanation:
             to `f(text) - f(every word removed)`); None for other methods.
         special: `(T,)` bool, True for `[CLS]`, `[SEP]` and padding: tokens
             that do not come from the text and are left out of rankings.
+        unknown: `(T,)` bool, True for tokens of words that are not in the
+            tokenizer's vocabulary (the model read `[UNK]` there); None when
+            not known.
+        unknown_words: One bool per entry of `words`: True for a word the
+            model read as `[UNK]`. Its score is the score of the unknown
+            token, not of the word itself. `plot()` and `to_html()` mark such
+            words with `UNKNOWN_MARK` and a note; `to_dict()` has an
+            `"unknown"` flag per word and per token.
+        offsets: `(T, 2)` int character offsets of every token into `text`
+            (`(-1, -1)` for special tokens and padding), or None.
     """
 
     text: str
@@ -505,6 +583,25 @@ class TextExplanation:
     words: list
     delta: float | None = None
     special: np.ndarray | None = None
+    unknown: np.ndarray | None = None
+    unknown_words: list | None = None
+    offsets: np.ndarray | None = None
+
+    def _unknown_tokens(self) -> np.ndarray:
+        if self.unknown is None:
+            return np.zeros(len(self.tokens), bool)
+        return np.asarray(self.unknown, bool)
+
+    def _display_tokens(self) -> list:
+        """Token strings for the pictures: unknown words shown as `word (unknown)`."""
+        unknown = self._unknown_tokens()
+        out = []
+        for i, tok in enumerate(self.tokens):
+            if unknown[i]:
+                start, end = (-1, -1) if self.offsets is None else map(int, self.offsets[i])
+                tok = (self.text[start:end] if start >= 0 else tok) + UNKNOWN_MARK
+            out.append(tok)
+        return out
 
     def top_tokens(self, k: int = 5, include_special: bool = False) -> list:
         """The `k` tokens with the largest |score|, as `(position, token, score)`.
@@ -532,9 +629,11 @@ class TextExplanation:
                 None if self.special is None
                 else [bool(x) for x, m in zip(self.special, self.mask) if m]
             ),
+            "unknown": [bool(u) for u, m in zip(self._unknown_tokens(), self.mask) if m],
             "words": [
-                {"word": w, "start": int(s), "end": int(e), "score": float(sc)}
-                for w, (s, e), sc in self.words
+                {"word": w, "start": int(s), "end": int(e), "score": float(sc),
+                 "unknown": bool(self.unknown_words[k]) if self.unknown_words else False}
+                for k, (w, (s, e), sc) in enumerate(self.words)
             ],
             "delta": None if self.delta is None else float(self.delta),
         }
@@ -543,21 +642,40 @@ class TextExplanation:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
 
     def to_html(self) -> str:
-        """Coloured tokens as a self-contained HTML snippet."""
+        """Coloured tokens as a self-contained HTML snippet.
+
+        Words the model read as `[UNK]` show as `word (unknown)`, with a note
+        below the tokens. Every user string is HTML-escaped.
+        """
         from kerastrace.visualization import token_attributions_html
 
-        return str(token_attributions_html(self.token_scores, self.tokens, mask=self.mask))
+        html = str(token_attributions_html(
+            self.token_scores, self._display_tokens(), mask=self.mask
+        ))
+        if (self._unknown_tokens() & np.asarray(self.mask, bool)).any():
+            html = (
+                '<div class="kerastrace-explanation">' + html
+                + '<div class="kerastrace-note" style="font-size:smaller;color:#555;">'
+                + _html_escape(UNKNOWN_NOTE) + "</div></div>"
+            )
+        return html
 
     def plot(self, ax=None):
-        """Coloured tokens as a matplotlib figure; returns `(fig, ax)`."""
+        """Coloured tokens as a matplotlib figure; returns `(fig, ax)`.
+
+        Words the model read as `[UNK]` show as `word (unknown)`, and the
+        title says so.
+        """
         from kerastrace.visualization import plot_token_attributions
 
         p = self.probabilities[self.target] if self.target < len(self.probabilities) else None
         title = f"{self.method} (class {self.target}" + (
             f", p={p:.2f})" if p is not None else ")"
         )
+        if (self._unknown_tokens() & np.asarray(self.mask, bool)).any():
+            title += "\n" + UNKNOWN_NOTE
         return plot_token_attributions(
-            self.token_scores, self.tokens, ax=ax, mask=self.mask, title=title
+            self.token_scores, self._display_tokens(), ax=ax, mask=self.mask, title=title
         )
 
 
@@ -616,7 +734,8 @@ def explain_text(
 
     Raises:
         ValueError: if the tokenizer's length does not fit the model, a text
-            has no tokens, or for invalid arguments.
+            has no tokens, a text has no word in the vocabulary (every word
+            is `[UNK]`), or for invalid arguments.
 
     Example:
 
@@ -638,8 +757,7 @@ def explain_text(
     from kerastrace.text import aggregate_to_words
 
     v.check_one_of("outputs", outputs, ("auto", "logits", "probabilities"))
-    if isinstance(texts, str):
-        texts = [texts]
+    texts = _check_texts(texts)
     length = _model_length(model)
     if length is not None and length != tokenizer.sequence_length:
         raise ValueError(
@@ -652,7 +770,19 @@ def explain_text(
     if empty.size:
         raise ValueError(
             "Received an invalid value for argument `texts`: text "
-            f"{int(empty[0])} ({tok.texts[int(empty[0])]!r}) has no tokens to explain."
+            f"{int(empty[0])} ({_shorten(tok.texts[int(empty[0])])!r}) has no tokens to "
+            "explain (it is empty, or only whitespace or control characters)."
+        )
+    unknown = _unknown_tokens(tokenizer, tok)
+    no_known = np.flatnonzero((unknown == tok.token_mask).all(axis=1))
+    if no_known.size:
+        i = int(no_known[0])
+        raise ValueError(
+            "Received an invalid value for argument `texts`: text "
+            f"{i} ({_shorten(tok.texts[i])!r}) has no word in the tokenizer's vocabulary "
+            f"(every word is {getattr(tokenizer, 'unknown_token', '[UNK]')}), so the "
+            "explanation could only score the unknown token. Check that the tokenizer's "
+            "vocabulary (and lower-casing) is the one the model was trained with."
         )
     raw = np.asarray(model.predict(model_inputs(model, tok.ids, tok.mask), verbose=0))
     if raw.ndim > 2 and target is None:
@@ -679,8 +809,13 @@ def explain_text(
     )
     word_scores = aggregate_to_words(scores, tok)
     special = tok.special_tokens_mask
-    return [
-        TextExplanation(
+    out = []
+    for i in range(len(tok)):
+        unknown_spans = {
+            tuple(tok.word_offsets[i][k]) for k in np.unique(tok.word_ids[i][unknown[i]])
+        }
+        words = list(word_scores[i])
+        out.append(TextExplanation(
             text=tok.texts[i],
             method=method,
             target=int(targets[i]),
@@ -688,9 +823,62 @@ def explain_text(
             tokens=list(tok.tokens[i]),
             token_scores=scores[i],
             mask=tok.mask[i],
-            words=list(word_scores[i]),
+            words=words,
             delta=None if delta is None else float(delta[i]),
             special=special[i],
+            unknown=unknown[i],
+            unknown_words=[tuple(w.span) in unknown_spans for w in words],
+            offsets=tok.offsets[i],
+        ))
+    return out
+
+
+def _check_texts(texts) -> list:
+    """`texts` as a non-empty list of `str` (bytes decoded as UTF-8), else a clear error."""
+    given = texts
+    if isinstance(texts, (str, bytes)):
+        texts = [texts]
+    elif isinstance(texts, np.ndarray):
+        texts = texts.tolist() if texts.ndim == 1 else None
+    elif not isinstance(texts, (list, tuple)):
+        texts = None
+    if texts is None:
+        raise TypeError(
+            "Received an invalid value for argument `texts`, expected a string or a list of "
+            f"strings. Received: texts={_shorten(repr(given))} of type {type(given).__name__}"
         )
-        for i in range(len(tok))
-    ]
+    if not texts:
+        raise ValueError(
+            "Received an invalid value for argument `texts`, expected at least one string. "
+            "Received: texts=[]"
+        )
+    out = []
+    for i, t in enumerate(texts):
+        if isinstance(t, bytes):
+            try:
+                t = t.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(
+                    f"Received an invalid value for argument `texts`: text {i} is bytes that "
+                    f"are not UTF-8. Received: texts[{i}]={_shorten(repr(t))}"
+                ) from None
+        if not isinstance(t, str):
+            raise TypeError(
+                f"Received an invalid value for argument `texts`, expected strings. "
+                f"Received: texts[{i}]={_shorten(repr(t))} of type {type(t).__name__}"
+            )
+        out.append(t)
+    return out
+
+
+def _unknown_tokens(tokenizer, tok) -> np.ndarray:
+    """`(B, T)` bool: text tokens that are the tokenizer's unknown token."""
+    unk = getattr(tokenizer, "unknown_id", None)
+    if unk is None:
+        return np.zeros(tok.ids.shape, bool)
+    return (tok.ids == unk) & tok.token_mask
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters for error messages."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

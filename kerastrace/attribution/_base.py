@@ -36,9 +36,19 @@ class Attribution:
         self._forward = _core.make_forward(model)
         self._names = _core.model_input_names(model)
         self._out_cache = {}
+        self._specs = None
         self.forward_engine = _core.ForwardEngine(self._forward)
 
     # ------------------------------------------------------------ helpers
+    def _check_inputs(self, flat, layout, name="inputs"):
+        """The model's input structure and shapes, then its token ids (shared checks)."""
+        if self._specs is None:
+            from kerastrace._utils import instrument
+
+            self._specs = (instrument.input_specs(self.model),)
+        _core.check_model_inputs(self._specs[0], flat, layout, name, self._names)
+        _core.check_token_inputs(self.model, flat, layout, name, self._names)
+
     def _prepare(self, inputs, float_inputs=True, additional_forward_args=None):
         """Normalize and validate inputs: `(attributed, pass_through, layout)`.
 
@@ -50,6 +60,7 @@ class Attribution:
         flat, layout = _core.normalize_inputs(
             inputs, additional_forward_args=additional_forward_args
         )
+        self._check_inputs(flat, layout)
         if float_inputs:
             flat, layout = _core.select_float_inputs(
                 flat, layout, self._names, type(self).__name__
@@ -69,8 +80,8 @@ class Attribution:
         """A `TargetSpec` for `target` given the full flat model inputs."""
         return _core.normalize_target(target, flat[0].shape[0], self._output_shapes(flat, layout))
 
-    def _scores(self, flat, target: _core.TargetSpec, chunk=None, layout=None):
-        return self.forward_engine.scores(flat, target, chunk, layout)
+    def _scores(self, flat, target: _core.TargetSpec, chunk=None, layout=None, where=None):
+        return self.forward_engine.scores(flat, target, chunk, layout, where)
 
     def attribute(self, inputs, target=None, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -100,7 +111,7 @@ class GradientAttribution(Attribution):
 
     @staticmethod
     def _batch_size(internal_batch_size):
-        """Validated `internal_batch_size` (None: all rows in one model call)."""
+        """Validated `internal_batch_size` (None: chosen from the engine's memory budget)."""
         if internal_batch_size is None:
             return None
         return v.check_positive_int("internal_batch_size", internal_batch_size)
@@ -132,7 +143,12 @@ class GradientAttribution(Attribution):
                 "tuple" if len(end) > 1 else "array", tuple(range(len(end))),
                 tuple(range(len(end))),
             )
-        f_end = self._scores(layout.merge(end, ctx), target, layout=layout)
-        f_start = self._scores(layout.merge(start, ctx), target, layout=layout)
+        f_end = self._scores(
+            layout.merge(end, ctx), target, layout=layout, where=lambda b: f"example {b} (inputs)"
+        )
+        f_start = self._scores(
+            layout.merge(start, ctx), target, layout=layout,
+            where=lambda b: f"example {b} (baselines)",
+        )
         diff = f_end.astype(np.float64) - f_start
         return (total - diff).astype(np.float32)

@@ -11,7 +11,11 @@ same shape), and the weighted gradients are summed per segment. The scaled
 inputs are built inside the loop, so memory grows with the chunk size, not
 with the number of steps. The function has an `input_signature` with a free
 batch axis and takes the chunk size as a scalar tensor: new values, targets,
-batch sizes, step counts or chunk sizes do not retrace.
+batch sizes, step counts or chunk sizes do not retrace. Without an
+`internal_batch_size` the chunk size comes from a memory budget
+(`AUTO_BATCH_BYTES`). Each chunk also reduces its scores and gradients to the
+first row that is NaN or inf, so a non-finite model output or gradient is a
+clear error, never a silent NaN or a finite-looking wrong result.
 """
 
 from __future__ import annotations
@@ -25,12 +29,54 @@ import numpy as np
 import tensorflow as tf
 
 from kerastrace._utils import tf_compat
+from kerastrace._utils.validation import check_positive_int as v_check_positive_int
 from kerastrace._utils.validation import invalid as v_invalid
 
 F32 = tf.float32
 #: Chunks the while loop may run concurrently: overlapping small chunks keeps
 #: both cores busy; peak memory stays bounded by this many chunks.
 PARALLEL_CHUNKS = 4
+#: Memory budget of one model call when `internal_batch_size=None`. A *row* is
+#: one model evaluation (one path point, noise sample or random baseline of
+#: one example); it is counted as 4 bytes per element of one example's model
+#: inputs (attributed and passed through; for layer methods the layer
+#: activation too) plus its model outputs. Rows per call are
+#: `AUTO_BATCH_BYTES // row_bytes`, at least 1 and at most `AUTO_BATCH_ROWS`.
+#: The intermediate activations of a row are usually a multiple of its
+#: inputs and outputs, hence the modest budget; up to `PARALLEL_CHUNKS` calls
+#: may be in flight. Pass `internal_batch_size` to choose yourself.
+AUTO_BATCH_BYTES = 32 * 2**20
+#: Most rows per model call when `internal_batch_size=None` (see `AUTO_BATCH_BYTES`).
+AUTO_BATCH_ROWS = 1024
+#: Largest number of samples per example (`nt_samples`, GradientShap's
+#: `n_samples`): SmoothGrad and expected gradients use tens of samples.
+MAX_SAMPLES = 100_000
+#: Most model evaluations one engine call may plan (row indices are int32).
+MAX_ROWS = 2**31 - 2**20
+#: Status codes of a row (see `GradientEngine`): its score or a gradient is NaN/inf.
+_CODES = 64
+_NO_BAD_ROW = np.iinfo(np.int64).max
+
+
+def check_samples(name, value) -> int:
+    """A positive sample count of at most `MAX_SAMPLES`."""
+    n = v_check_positive_int(name, value)
+    if n > MAX_SAMPLES:
+        raise v_invalid(
+            name, f"a positive integer <= {MAX_SAMPLES}", value,
+            hint="Tens of samples are typical (SmoothGrad: 10 to 50)",
+        )
+    return n
+
+
+def auto_batch_size(row_elements: int) -> int:
+    """Rows per model call for `internal_batch_size=None` (see `AUTO_BATCH_BYTES`).
+
+    >>> auto_batch_size(10), auto_batch_size(3 * 2**20), auto_batch_size(10**9)
+    (1024, 2, 1)
+    """
+    row_bytes = 4 * max(1, int(row_elements))
+    return int(max(1, min(AUTO_BATCH_ROWS, AUTO_BATCH_BYTES // row_bytes)))
 
 
 # ----------------------------------------------------------------- inputs
@@ -176,7 +222,72 @@ def normalize_inputs(inputs, name: str = "inputs", additional_forward_args=None)
             f"Received an invalid value for argument `{name}`: all inputs must have the "
             f"same batch size. Received: batch sizes {sizes}"
         )
+    if batch == {0}:
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`: the batch is empty; pass at "
+            f"least one example. Received: {name} with shape(s) "
+            f"{[tuple(a.shape) for a in out]}"
+        )
     return out, Layout(kind, tuple(keys), tuple(range(n_main)), result)
+
+
+def _shape_str(shape) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + (
+        ",)" if len(shape) == 1 else ")")
+
+
+def check_model_inputs(specs, flat, layout, name="inputs", names=None):
+    """Refuse inputs whose structure or per-example shapes differ from the model's `Input`s.
+
+    `specs` is `instrument.input_specs(model)` (None for a model without
+    symbolic inputs: not checked). Dict inputs must have exactly the model's
+    keys; array/tuple inputs one array per model input; each array the
+    model's rank and its fixed sizes (the batch axis and `None` axes are free).
+    Without this a missing dict entry or a wrong shape fails deep inside a
+    TensorFlow trace, and an extra axis can even be silently broadcast.
+    """
+    if specs is None:
+        return
+    if isinstance(specs, dict):
+        if layout.kind != "dict":
+            raise ValueError(
+                f"Received an invalid value for argument `{name}`: the model takes a dict "
+                f"with keys {list(specs)}; pass the inputs as a dict. Received: {name} of "
+                f"{len(flat)} array(s)"
+            )
+        missing = [k for k in specs if k not in layout.keys]
+        extra = [k for k in layout.keys if k not in specs]
+        if missing or extra:
+            raise ValueError(
+                f"Received an invalid value for argument `{name}`: the model takes the keys "
+                f"{list(specs)}" + (f"; missing: {missing}" if missing else "")
+                + (f"; not model inputs: {extra}" if extra else "")
+                + f". Received: {name} keys {list(layout.keys)}"
+            )
+        pairs = [(i, specs[layout.keys[i]]) for i in range(len(flat))]
+    else:
+        if layout.kind == "dict":
+            return  # a functional model called with a dict by input name: Keras maps it
+        spec_list = list(specs) if isinstance(specs, (list, tuple)) else [specs]
+        if len(spec_list) != len(flat):
+            raise ValueError(
+                f"Received an invalid value for argument `{name}`: the model takes "
+                f"{len(spec_list)} input(s), expected as many arrays (inputs plus "
+                f"`additional_forward_args`). Received: {len(flat)} array(s)"
+            )
+        pairs = list(enumerate(spec_list))
+    for i, spec in pairs:
+        shape = getattr(spec, "shape", None)
+        if shape is None or shape.rank is None:
+            continue
+        want, got = tuple(shape.as_list())[1:], tuple(flat[i].shape[1:])
+        if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
+            raise ValueError(
+                f"Received an invalid value for argument `{name}`: {layout.label(i, names)} "
+                f"has the per-example shape {_shape_str(got)}, but the model takes "
+                f"{_shape_str(want)} (None: any size). Received: {name} with shape "
+                f"{_shape_str(flat[i].shape)}"
+            )
 
 
 def restore(values, layout):
@@ -264,13 +375,15 @@ def check_float_inputs(xs, names=None, method="this gradient method"):
 
 def check_finite(xs, name="inputs", names=None, layout=None):
     for i, x in enumerate(xs):
-        if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-            bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        if np.issubdtype(x.dtype, np.inexact) and not np.all(np.isfinite(x)):
+            finite = np.isfinite(x)
+            bad = int(np.size(x) - np.count_nonzero(finite))
+            pos = tuple(int(k) for k in np.argwhere(~finite)[0])
             label = layout.label(i, names) if layout is not None else input_label(i, len(xs), names)
             raise ValueError(
                 f"Received an invalid value for argument `{name}`: "
-                f"{label} contains {bad} NaN or inf value(s). "
-                "Attributions of non-finite inputs are undefined."
+                f"{label} contains {bad} NaN or inf value(s) (first: {x[pos].item()!r} at "
+                f"{position(pos)}). Attributions of non-finite inputs are undefined."
             )
 
 
@@ -298,7 +411,7 @@ def broadcast_baselines(baselines, xs, name="baselines", dtype=np.float32, layou
         if layout is None or layout.kind != "dict":
             raise TypeError(
                 f"Received an invalid value for argument `{name}`: a dict of baselines "
-                "needs dict inputs. Received: a dict"
+                f"needs dict inputs. Received: {name} with keys {list(baselines)}"
             )
         baselines = _dict_baselines(baselines, xs, layout, name)
     if baselines is None:
@@ -324,21 +437,184 @@ def broadcast_baselines(baselines, xs, name="baselines", dtype=np.float32, layou
                 f"{x.shape}. Use a scalar, an array of the per-example shape {x.shape[1:]} "
                 f"or of the full shape. Received: {name} with shape {arr.shape}"
             ) from None
-        arr = np.array(arr, dtype=dtype if dtype is not None else x.dtype)
-        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        label = layout.label(layout.diff[i]) if layout is not None and len(
+            layout.diff) == len(xs) else input_label(i, len(xs))
+        if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+            pos = tuple(int(k) for k in np.argwhere(~np.isfinite(arr))[0])
             raise ValueError(
-                f"Received an invalid value for argument `{name}`: it contains NaN or inf."
+                f"Received an invalid value for argument `{name}`: the baseline for {label} "
+                f"contains NaN or inf ({arr[pos].item()!r} at "
+                f"{position(pos, np.issubdtype(x.dtype, np.integer))}). Baselines must be "
+                f"finite. Received: {name} with {int(np.size(arr) - np.isfinite(arr).sum())} "
+                "non-finite value(s)"
             )
-        out.append(arr)
+        target = np.dtype(dtype if dtype is not None else x.dtype)
+        if np.issubdtype(target, np.integer) and np.issubdtype(arr.dtype, np.inexact):
+            check_integral(arr, name, f"the baseline for {label}")
+        out.append(np.array(arr, dtype=target))
     return tuple(out)
+
+
+def position(index, tokens: bool = False) -> str:
+    """A readable position in a `(B, ...)` array (`example b, token t` for `(B, T)` ids).
+
+    >>> position((1, 3), tokens=True), position((0, 2)), position((0, 1, 2))
+    ('example 1, token 3', 'example 0, index 2', 'example 0, index (1, 2)')
+    """
+    index = tuple(int(i) for i in index)
+    if len(index) == 1:
+        return f"example {index[0]}"
+    if len(index) == 2:
+        return f"example {index[0]}, {'token' if tokens else 'index'} {index[1]}"
+    return f"example {index[0]}, index {index[1:]}"
+
+
+def check_integral(arr, name, label):
+    """Refuse float values that an integer input would silently truncate (0.7 -> 0)."""
+    arr = np.asarray(arr)
+    if not np.issubdtype(arr.dtype, np.inexact):
+        return
+    bad = ~np.isfinite(arr) | (arr != np.round(np.where(np.isfinite(arr), arr, 0)))
+    if bad.any():
+        pos = tuple(int(k) for k in np.argwhere(bad)[0])
+        value = arr[pos].item()
+        raise ValueError(
+            f"Received an invalid value for argument `{name}`: {label} must hold integer "
+            f"values (the input is integer, e.g. token ids), but it has the non-integral "
+            f"value {value!r} at {position(pos, arr.ndim == 2)}, which would be silently truncated"
+            f"{f' to {int(value)}' if np.isfinite(value) else ''}. Pass integer ids (e.g. "
+            f"the pad id 0). Received: {name} with {int(bad.sum())} non-integral value(s)"
+        )
+
+
+def check_ids_in_vocabulary(ids, layer, name="inputs", label="the token ids"):
+    """Refuse token ids outside `[0, layer.input_dim)` of the token embedding `layer`.
+
+    A negative id silently reads a row from the end of the embedding table,
+    and an id past the vocabulary fails deep inside TensorFlow on CPU and
+    reads zeros on GPU; both are refused up front with the offending value
+    and its position.
+    """
+    n = getattr(layer, "input_dim", None)
+    ids = np.asarray(ids)
+    if n is None or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+        return
+    bad = (ids < 0) | (ids >= n)
+    if not bad.any():
+        return
+    pos = tuple(int(k) for k in np.argwhere(bad)[0])
+    value = int(ids[pos])
+    why = (
+        "a negative id would silently read a row from the end of the embedding table"
+        if value < 0 else
+        "an id past the vocabulary fails inside TensorFlow on CPU and reads zeros on GPU"
+    )
+    raise ValueError(
+        f"Received an invalid value for argument `{name}`: the id {value} at "
+        f"{position(pos, True)} of {label} is outside the vocabulary of the token embedding "
+        f"{getattr(layer, 'name', layer)!r} (input_dim={n}, valid ids 0..{n - 1}): {why}. "
+        "Check that the tokenizer (or the pad id) matches the model's vocabulary. "
+        f"Received: {name} with {int(bad.sum())} id(s) out of range "
+        f"(min {int(ids.min())}, max {int(ids.max())})"
+    )
+
+
+def token_id_positions(flat, layout, names=None) -> list:
+    """Flat positions of the integer entries that hold token ids.
+
+    Dict inputs: the `token_ids` entry (else the one integer entry that is
+    not an auxiliary input such as `padding_mask`). Arrays and tuples: the
+    one integer entry, or those whose model input is named like tokens.
+    """
+    ints = [i for i, a in enumerate(flat) if np.issubdtype(a.dtype, np.integer)]
+    if layout.kind == "dict":
+        if "token_ids" in layout.keys:
+            return [i for i in ints if layout.keys[i] == "token_ids"]
+        rest = [i for i in ints if layout.keys[i] not in AUXILIARY_KEYS]
+        return rest if len(rest) == 1 else []
+    if len(ints) <= 1:
+        return ints
+    named = [i for i in ints if names and i < len(names) and "token" in str(names[i]).lower()]
+    return named
+
+
+def check_token_inputs(model, flat, layout, name="inputs", names=None):
+    """Check the token-id entries of `flat` against the model's token embedding.
+
+    One shared check for every method that runs a token-id model (layer
+    methods, occlusion and perturbation methods, attention x gradient,
+    `explain`): the embedding is `instrument.find_token_embedding(model)`
+    (cached per model); models without one are not checked.
+    """
+    where = token_id_positions(flat, layout, names)
+    if not where or not hasattr(model, "layers"):
+        return
+    from kerastrace._utils import instrument
+
+    try:
+        layer = instrument.find_token_embedding(model)
+    except Exception:  # noqa: BLE001 - a model that cannot be traced symbolically
+        return
+    if layer is None:
+        return
+    for i in where:
+        check_ids_in_vocabulary(flat[i], layer, name, f"{layout.label(i, names)}")
+
+
+# ----------------------------------------------------------- non-finite values
+#: What to check when the model's output (the explained score) is NaN or inf.
+SCORE_HINT = (
+    "Check the model for numerical overflow (e.g. mixed_float16 logits beyond 65504: "
+    "compute the last layer in float32 with dtype='float32'), for log, sqrt or division "
+    "of values outside their domain, and check the inputs and baselines."
+)
+#: What to check when a gradient is NaN or inf.
+GRADIENT_HINT = (
+    "The model is not differentiable there (e.g. sqrt or log at 0, a division by zero "
+    "in the backward pass) or its gradient overflows (mixed_float16). Move the input or "
+    "baseline away from the kink, compute the model in float32, or use a method that "
+    "needs no gradient (FeatureAblation, Occlusion)."
+)
+
+
+def nonfinite_score_error(where: str, value=None) -> ValueError:
+    """The error for a NaN/inf target score at `where` (e.g. "example 2")."""
+    got = "" if value is None else f" ({float(value)!r})"
+    return ValueError(
+        f"The model's output for the explained target is NaN or inf{got} at {where}, so "
+        f"its attribution is undefined. {SCORE_HINT}"
+    )
+
+
+def nonfinite_gradient_error(label: str, where: str) -> ValueError:
+    """The error for a NaN/inf gradient with respect to `label` at `where`."""
+    return ValueError(
+        f"The gradient of the explained target with respect to {label} is NaN or inf at "
+        f"{where}, while the output is finite. {GRADIENT_HINT}"
+    )
+
+
+def check_finite_scores(scores, where=None):
+    """Raise `nonfinite_score_error` for the first non-finite row of `scores` `(N,)`.
+
+    `where(row) -> str` describes a row (default: `example row`).
+    """
+    scores = np.asarray(scores)
+    ok = np.isfinite(scores)
+    if ok.all():
+        return
+    row = int(np.argmin(ok))
+    raise nonfinite_score_error(where(row) if where else f"example {row}", scores[row])
 
 
 # ---------------------------------------------------------------- forward
 def model_input_names(model):
     try:
-        return [getattr(t, "name", None) for t in model.inputs]
+        names = [getattr(t, "name", None) for t in model.inputs]
     except Exception:  # noqa: BLE001 - not a functional model
         return None
+    # Keras' automatic names ("keras_tensor_3") say nothing to the user.
+    return [None if str(n).startswith("keras_tensor") else n for n in names]
 
 
 def make_forward(model):
@@ -500,9 +776,22 @@ def normalize_target(target, batch: int, out_shapes) -> TargetSpec:
         main = normalize_target(target.target, batch, out_shapes).indices
         foil = None
         if target.foil is not None:
-            raw = np.broadcast_to(np.asarray(target.foil), (batch,))
+            raw = np.asarray(target.foil)
+            try:
+                raw = np.broadcast_to(raw, (batch,))
+            except ValueError:
+                raise ValueError(
+                    "Received an invalid value for argument `foil`, expected an int or one "
+                    f"int per example ({batch}). Received: foil={target.foil!r}"
+                ) from None
             none = raw == -1  # this example has no alternative
-            checked = normalize_target(np.where(none, 0, raw), batch, out_shapes).indices
+            try:
+                checked = normalize_target(np.where(none, 0, raw), batch, out_shapes).indices
+            except ValueError as err:
+                raise ValueError(
+                    str(err).replace("argument `target`", "argument `foil` of the `Contrast`")
+                    .split(" Received:")[0] + f" Received: foil={target.foil!r}"
+                ) from None
             foil = np.where(none, -1, checked)
         return TargetSpec(main, None, foil, target.space)
     if callable(target):
@@ -592,10 +881,13 @@ class Plan:
             arrays or tensors; None for a plain gradient.
         modes: one of `MODE_GRAD`, `MODE_X`, `MODE_X_MINUS_BASE` per input.
         use_abs: take `|attribution|` (Saliency).
-        internal_batch_size: rows per model call; None: all rows in one call.
+        internal_batch_size: rows per model call; None: chosen from the
+            memory budget `AUTO_BATCH_BYTES` (all rows in one call when they fit).
         ctx: arrays `(B, ...)` passed to the forward unchanged (the model
             inputs of layer methods; pass-through entries of gradient methods).
         layout: the `Layout` the forward uses to call the model.
+        where: optional `where(b) -> str` naming segment `b` in error
+            messages (default `"example b"`).
     """
 
     xs: tuple
@@ -608,6 +900,7 @@ class Plan:
     internal_batch_size: int | None = None
     ctx: tuple = ()
     layout: Layout | None = None
+    where: object = None
 
 
 def gradient_plan(
@@ -633,16 +926,13 @@ def _noise(x, sd, seed, j, first, count):
     per_row = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.int64)
     start = tf.cast(first, tf.int64) * per_row
     seeds = tf.stack([seed, tf.constant(j, tf.int64)])
-    key, counter, alg = tf.raw_ops.StatelessRandomGetKeyCounterAlg(seed=seeds)
+    key, counter, alg = tf_compat.philox_key_counter(seeds)
     # Philox makes 4 numbers per counter step: skip whole steps, then the rest.
     step = tf.stack([start // 4, tf.constant(0, tf.int64)])
     counter = tf.bitcast(tf.bitcast(counter, tf.int64) + step, tf.uint64)
     skip = start % 4
-    flat = tf.raw_ops.StatelessRandomNormalV2(
-        shape=tf.reshape(tf.cast(count, tf.int64) * per_row + skip, [1]),
-        key=key,
-        counter=counter,
-        alg=alg,
+    flat = tf_compat.philox_normal(
+        tf.reshape(tf.cast(count, tf.int64) * per_row + skip, [1]), key, counter, alg
     )[skip:]
     return tf.reshape(flat * sd, tf.concat([[count], tf.shape(x)[1:]], 0))
 
@@ -698,6 +988,11 @@ def _ones_like_rank(t, lead):
 class GradientEngine:
     """Compiled, chunked path-gradient engine (see module docstring).
 
+    Every model call also checks, with cheap reductions inside the compiled
+    function, that each row's target score and gradients are finite; `run`
+    raises a `ValueError` that names the first bad row's example (and path
+    step or noise sample) instead of returning NaN or a finite-looking result.
+
     Args:
         forward: `forward(diff_inputs, context_inputs) -> outputs`; the
             gradients are taken with respect to `diff_inputs` (float32).
@@ -708,7 +1003,10 @@ class GradientEngine:
         self.forward = forward
         self.names = names
         self.trace_count = 0
+        #: Model calls (chunks) of the last `run`: 1 when every row went in one call.
+        self.last_chunks = 0
         self._fns = {}
+        self._out_elems = {}  # key -> elements of one row's model outputs (set when traced)
 
     def label(self, j, n_x, layout):
         """Readable label of differentiable input `j` for error messages."""
@@ -726,19 +1024,50 @@ class GradientEngine:
         )
         fn = self._fns.get(key)
         if fn is None:
-            fn = self._fns[key] = self._build(xs, ctx, target.fn, target.space, path, layout)
-        return fn
+            fn = self._fns[key] = self._build(
+                xs, ctx, target.fn, target.space, path, layout, key
+            )
+        return fn, key
 
-    def _build(self, xs, ctx, target_fn, space, path, layout):
+    def _build(self, xs, ctx, target_fn, space, path, layout, key):
         n_x, n_c = len(xs), len(ctx)
         engine = self
 
+        def record_outputs(outputs):
+            elems = 0
+            for o in _flat_outputs(outputs):
+                shape = o.shape[1:]
+                if not shape.is_fully_defined():
+                    return
+                elems += int(np.prod(shape.as_list(), dtype=np.int64))
+            engine._out_elems[key] = elems
+
+        def status(score, grads, rows, valid=None):
+            """`row * _CODES + code` of the first bad row (int64; `_NO_BAD_ROW`: none).
+
+            Code 1: the row's score is NaN/inf; `2 + j`: its gradient with
+            respect to input `j` is. Cheap reductions, no `check_numerics`:
+            the caller raises a clear error naming the example.
+            """
+            code = tf.zeros(tf.shape(score), tf.int32)
+            for j in reversed(range(n_x)):
+                flat_gr = tf.reshape(grads[j], [tf.shape(grads[j])[0], -1])
+                ok = tf.reduce_all(tf.math.is_finite(flat_gr), axis=1)
+                code = tf.where(ok, code, 2 + j)
+            code = tf.where(tf.math.is_finite(score), code, 1)
+            bad = code > 0
+            if valid is not None:
+                bad = tf.logical_and(bad, valid)
+            keys = tf.cast(rows, tf.int64) * _CODES + tf.cast(code, tf.int64)
+            return tf.reduce_min(tf.where(bad, keys, tf.constant(_NO_BAD_ROW, tf.int64)))
+
         def gradients(points, context, target, contrast, w):
-            """Input gradients of the target score of each row (times `w` if given)."""
+            """Input gradients of the target score of each row (times `w` if given), and the scores."""
             with tf.GradientTape() as tape:
                 tape.watch(points)
                 outputs = engine.forward(tuple(points), tuple(context), layout)
                 score = select_scores(outputs, target, target_fn, contrast, space)
+            record_outputs(outputs)
             # Path weights enter as the output gradient: d(sum_r w_r score_r)/d point_r.
             grads = tape.gradient(score, points, output_gradients=w)
             out = []
@@ -753,7 +1082,7 @@ class GradientEngine:
                 if isinstance(gr, tf.IndexedSlices):
                     gr = tf.convert_to_tensor(gr)
                 out.append(tf.cast(gr, F32))
-            return out
+            return out, score
 
         def body(*flat):
             engine.trace_count += 1
@@ -827,15 +1156,16 @@ class GradientEngine:
                 else:
                     bases_g = noisy
                     points, w = noisy, None
-                grads = gradients(
+                grads, score = gradients(
                     points, [tf.gather(c, b) for c in ctx_t], tf.gather(target, b),
                     tf.gather(contrast, b), w,
                 )
+                bad = status(score, grads, tf.range(rows_total))
                 if path:
                     grads = [_sum_points(gr, g_count, m_count) for gr in grads]
                 return finish([
                     post(j, gr, xn, bg) for j, (gr, xn, bg) in enumerate(zip(grads, noisy, bases_g))
-                ])
+                ]) + [bad]
 
             def gradient_chunks():
                 # One row per segment: each chunk's attributions are final, so they are
@@ -844,7 +1174,7 @@ class GradientEngine:
                 # the chunk size, not with the number of samples.
                 n_chunks = (rows_total + chunk - 1) // chunk
 
-                def step(i, *acc):
+                def step(i, bad, *acc):
                     first = i * chunk
                     rows = first + tf.range(chunk)
                     valid = rows < rows_total
@@ -858,10 +1188,11 @@ class GradientEngine:
                             lambda xg=xg, j=j, x=x: xg + _noise(x, sds[j], seed, j, seg0 + first, chunk),
                             lambda xg=xg: xg,
                         ))
-                    grads = gradients(
+                    grads, score = gradients(
                         points, [tf.gather(c, b) for c in ctx_t], tf.gather(target, b),
                         tf.gather(contrast, b), None,
                     )
+                    bad = tf.minimum(bad, status(score, grads, rows, valid))
                     new_sums, new_sq = [], []
                     for j, (gr, pt) in enumerate(zip(grads, points)):
                         attr = post(j, gr, pt, None)
@@ -872,7 +1203,7 @@ class GradientEngine:
                                 tf.square(attr), owner, batch + 1),
                             lambda q=acc[n_x + j]: q,
                         ))
-                    return (i + 1, *new_sums, *new_sq)
+                    return (i + 1, bad, *new_sums, *new_sq)
 
                 zeros = [
                     tf.zeros(tf.concat([[batch + 1], tf.shape(x)[1:]], 0), F32) for x in xs_t
@@ -880,10 +1211,10 @@ class GradientEngine:
                 out = tf.while_loop(
                     lambda i, *_: i < n_chunks,
                     step,
-                    (tf.constant(0), *zeros, *zeros),
+                    (tf.constant(0), tf.constant(_NO_BAD_ROW, tf.int64), *zeros, *zeros),
                     parallel_iterations=PARALLEL_CHUNKS,
                 )
-                return [acc[:-1] for acc in out[1:]]
+                return [acc[:-1] for acc in out[2:]] + [out[1]]
 
             def path_chunks():
                 # Fixed-size chunks of path points (the last one padded) in a while loop:
@@ -895,7 +1226,7 @@ class GradientEngine:
                 flat_w = tf.reshape(weights, [-1])
                 n_chunks = (rows_total + chunk - 1) // chunk
 
-                def step(i, *acc):
+                def step(i, bad, *acc):
                     rows = i * chunk + tf.range(chunk)
                     valid = rows < rows_total
                     rows = tf.minimum(rows, rows_total - 1)
@@ -908,23 +1239,30 @@ class GradientEngine:
                         xg, bgg = tf.gather(xn, g), tf.gather(bg, g)
                         points.append(bgg + tf.reshape(a, _ones_like_rank(xg, [-1])) * (xg - bgg))
                     w = tf.gather(flat_w, p) * tf.cast(valid, F32)
-                    grads = gradients(
+                    grads, score = gradients(
                         points, [tf.gather(c, b) for c in ctx_t], tf.gather(target, b),
                         tf.gather(contrast, b), w,
                     )
+                    bad = tf.minimum(bad, status(score, grads, rows, valid))
                     idx = tf.expand_dims(g, 1)
-                    return (i + 1, *(tf.tensor_scatter_nd_add(s, idx, gr) for s, gr in zip(acc, grads)))
+                    return (
+                        i + 1, bad,
+                        *(tf.tensor_scatter_nd_add(s, idx, gr) for s, gr in zip(acc, grads)),
+                    )
 
                 out = tf.while_loop(
                     lambda i, *_: i < n_chunks,
                     step,
-                    (tf.constant(0), *(tf.zeros_like(xn) for xn in noisy)),
+                    (
+                        tf.constant(0), tf.constant(_NO_BAD_ROW, tf.int64),
+                        *(tf.zeros_like(xn) for xn in noisy),
+                    ),
                     parallel_iterations=PARALLEL_CHUNKS,
                 )
                 return finish([
                     post(j, acc, xn, bg)
-                    for j, (acc, xn, bg) in enumerate(zip(out[1:], noisy, bases_g))
-                ])
+                    for j, (acc, xn, bg) in enumerate(zip(out[2:], noisy, bases_g))
+                ]) + [out[1]]
 
             chunks = path_chunks if path else gradient_chunks
             return tuple(tf.nest.flatten(tf.cond(rows_total <= chunk, one_call, chunks)))
@@ -969,8 +1307,21 @@ class GradientEngine:
         else:
             sds, seed, sample0, samples = noise
         rows = samples * xs[0].shape[0] * (int(plan.alphas.shape[1]) if path else 1)
-        chunk = rows if plan.internal_batch_size is None else plan.internal_batch_size
-        fn = self._get(xs, ctx, plan.target, path, plan.layout)
+        if rows > MAX_ROWS:
+            raise ValueError(
+                f"Received too much work: {rows} model evaluations (examples x path points "
+                f"x samples) in one call, more than {MAX_ROWS}. Split the batch, or lower "
+                "`n_steps` / `nt_samples` / `n_samples` (tens to hundreds are typical)."
+            )
+        fn, key = self._get(xs, ctx, plan.target, path, plan.layout)
+        chunk = plan.internal_batch_size
+        if chunk is None:
+            if not eager:
+                tf_compat.concrete(fn)  # traced once: records the size of the model outputs
+            per_row = sum(int(np.prod(a.shape[1:], dtype=np.int64)) for a in (*xs, *ctx))
+            chunk = auto_batch_size(per_row + self._out_elems.get(key, 0))
+        chunk = max(1, min(int(chunk), rows))
+        self.last_chunks = -(-rows // chunk)
         args = [tf.constant(x) for x in xs]
         if path:
             args += [tf.constant(b) for b in plan.bases]
@@ -980,7 +1331,7 @@ class GradientEngine:
         args += [
             tf.constant(plan.target.indices),
             tf.constant(plan.target.contrast),
-            constant(max(1, min(int(chunk), rows)), tf.int32),
+            constant(chunk, tf.int32),
             constant(int(samples), tf.int32),
             constant(int(sample0), tf.int32),
             constant(tuple(float(s) for s in sds), F32),
@@ -992,10 +1343,43 @@ class GradientEngine:
         out = fn.python_function(*args) if eager else call_compiled(fn, args)
         out = tf.nest.flatten(out)
         n = len(xs)
+        bad = int(out[-1].numpy())
+        if bad != _NO_BAD_ROW:
+            self._raise_bad_row(plan, bad, sample0 if noise is not None else None)
         sums = tuple(o.numpy() for o in out[:n])
-        if squares:
-            return sums, tuple(o.numpy() for o in out[n:])
-        return sums
+        sq = tuple(o.numpy() for o in out[n : 2 * n]) if squares else ()
+        for j, a in enumerate(sums + sq):
+            if not np.all(np.isfinite(a)):
+                b = int(np.argwhere(~np.isfinite(a))[0][0])
+                raise ValueError(
+                    f"The attributions of {self.label(j % n, n, plan.layout)} overflow "
+                    f"float32 at {plan.where(b) if plan.where else f'example {b}'} (the "
+                    "model's outputs and gradients are finite, their products or sums are "
+                    "not). Scale the inputs, baselines or noise down."
+                )
+        return (sums, sq) if squares else sums
+
+    def _raise_bad_row(self, plan, bad, sample0):
+        """Raise the error for the first row whose score or gradient is NaN/inf."""
+        row, code = divmod(bad, _CODES)
+        batch = plan.xs[0].shape[0]
+        m_count = int(plan.alphas.shape[1]) if plan.bases is not None else 1
+        g, m = divmod(row, m_count)
+        sample, b = divmod(g, batch)
+        where = plan.where(b) if plan.where else f"example {b}"
+        if plan.bases is not None:
+            alphas = np.asarray(plan.alphas)
+            a = float(alphas[b if alphas.shape[0] > 1 else 0, m])
+            if m_count > 1:
+                where += f", path step {m} of {m_count} (alpha={a:.4g})"
+            else:
+                where += f", path point alpha={a:.4g}"
+        if sample0 is not None:
+            where += f", noise sample {sample0 + sample}"
+        if code == 1:
+            raise nonfinite_score_error(where)
+        n_x = len(plan.xs)
+        raise nonfinite_gradient_error(self.label(code - 2, n_x, plan.layout), where)
 
 
 class ForwardEngine:
@@ -1045,8 +1429,12 @@ class ForwardEngine:
         self._fns[key] = fn
         return fn
 
-    def scores(self, xs, target: TargetSpec, chunk=None, layout=None):
-        """Target score `(N,)` float32 of every row of the flat inputs `xs`."""
+    def scores(self, xs, target: TargetSpec, chunk=None, layout=None, where=None):
+        """Target score `(N,)` float32 of every row of the flat inputs `xs`.
+
+        Raises a `ValueError` naming the row (`where(row) -> str`, default
+        `"example row"`) when a score is NaN or inf.
+        """
         xs = tuple(np.asarray(x) for x in xs)
         n = xs[0].shape[0]
         if layout is None:
@@ -1060,4 +1448,6 @@ class ForwardEngine:
             tf.constant(np.asarray(target.contrast, np.int32)),
             constant(max(1, min(chunk, n)), tf.int32),
         ]
-        return tf.nest.flatten(call_compiled(fn, args))[0].numpy()
+        out = tf.nest.flatten(call_compiled(fn, args))[0].numpy()
+        check_finite_scores(out, where)
+        return out

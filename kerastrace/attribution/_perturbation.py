@@ -289,7 +289,7 @@ class PerturbationEngine:
         return tf_compat.function(body, input_signature=signature)
 
     def scores(self, xs, bases, masks, ctx, coalitions, owner, target, layout,
-               chunk=None, pad=None, eager=False):
+               chunk=None, pad=None, eager=False, where=None):
         """Target score `(N,)` float32 of every coalition row.
 
         Args:
@@ -305,6 +305,8 @@ class PerturbationEngine:
                 also zeroes them in pass-through input `k` (keras-hub's
                 `padding_mask`).
             eager: Run the same body eagerly (for testing).
+            where: `where(row) -> str` naming a row in the error raised when
+                its score is NaN or inf (default `"row r (example b)"`).
         """
         n = int(coalitions.shape[0])
         if n == 0:
@@ -323,7 +325,11 @@ class PerturbationEngine:
             _core.constant(chunk, tf.int32),
         ]
         out = fn.python_function(*args) if eager else _core.call_compiled(fn, args)
-        return tf.nest.flatten(out)[0].numpy()
+        out = tf.nest.flatten(out)[0].numpy()
+        _core.check_finite_scores(
+            out, where or (lambda r: f"row {r} (example {int(np.asarray(owner)[r])})")
+        )
+        return out
 
 
 # --------------------------------------------------------------- base class
@@ -374,11 +380,15 @@ class PerturbationAttribution(Attribution):
             inputs, additional_forward_args=additional_forward_args
         )
         _core.check_finite(flat, names=self._names, layout=layout)
+        self._check_inputs(flat, layout)
         layout = _core.select_perturbed_inputs(flat, layout)
         xs, ctx = layout.split(flat)
         bases = tuple(
             b.astype(x.dtype)
             for b, x in zip(_core.broadcast_baselines(baselines, xs, dtype=None, layout=layout), xs)
+        )
+        _core.check_token_inputs(
+            self.model, layout.merge(bases, ctx), layout, "baselines", self._names
         )
         masks, n_features = feature_masks(feature_mask, xs, layout)
         tgt = self._target(target, flat, layout)
@@ -423,10 +433,21 @@ class PerturbationAttribution(Attribution):
             rows[at : at + c.shape[0], : c.shape[1]] = c
             at += c.shape[0]
         owner = np.repeat(np.arange(len(coalitions), dtype=np.int32), counts)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+
+        def where(r):
+            b = int(owner[r])
+            removed = np.flatnonzero(~rows[r, : int(problem.n_features[b])])
+            shown = removed[:8].tolist() + (["..."] if removed.size > 8 else [])
+            return (
+                f"example {b}, coalition {r - int(starts[b])} of {counts[b]} "
+                f"(features removed: {shown})"
+            )
+
         scores = self.engine.scores(
             problem.xs, problem.bases, problem.masks, problem.ctx, rows, owner,
             problem.target, problem.layout, chunk=problem.chunk, pad=problem.pad,
-            eager=self.run_eagerly,
+            eager=self.run_eagerly, where=where,
         )
         return np.split(scores.astype(np.float64), np.cumsum(counts)[:-1])
 

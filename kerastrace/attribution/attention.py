@@ -112,7 +112,7 @@ class AttentionXGradient(Attribution):
             grads = tape.gradient(score, probes)
             grads = [tf.zeros_like(p) if g is None else g for g, p in zip(grads, probes)]
             self._sites_for[key] = list(sites)
-            return tuple(weights), tuple(grads)
+            return tuple(weights), tuple(grads), _status(score, weights, grads)
 
         fn = tf_compat.function(
             body,
@@ -124,6 +124,23 @@ class AttentionXGradient(Attribution):
         )
         self._fns[key] = fn
         return fn, key
+
+    def _check_status(self, codes, start, key):
+        """Raise for the first example whose score, weights or gradients are NaN/inf."""
+        bad = np.flatnonzero(codes)
+        if not bad.size:
+            return
+        b, code = int(bad[0]), int(codes[bad[0]])
+        where = f"example {start + b}"
+        if code == 1:
+            raise _core.nonfinite_score_error(where)
+        site = self._sites_for[key][(code - 2) // 2].name
+        if code % 2 == 0:
+            raise ValueError(
+                f"The attention weights of {site!r} are NaN or inf at {where}, so attention "
+                f"x gradient is undefined. {_core.SCORE_HINT}"
+            )
+        raise _core.nonfinite_gradient_error(f"the attention weights of {site!r}", where)
 
     def weights_and_gradients(
         self, inputs: Inputs, target: Target = None, internal_batch_size: int | None = None
@@ -144,6 +161,7 @@ class AttentionXGradient(Attribution):
 
         flat, layout = _core.normalize_inputs(inputs)
         _core.check_finite(flat, names=self._names, layout=layout)
+        self._check_inputs(flat, layout)
         layout = layout.with_diff(())
         tgt = self._target(target, flat, layout)
         batch = flat[0].shape[0]
@@ -153,7 +171,8 @@ class AttentionXGradient(Attribution):
         for start in range(0, batch, chunk):
             idx = np.minimum(np.arange(start, start + chunk), batch - 1)  # padded chunk
             n_valid = min(chunk, batch - start)
-            w, g = fn(tuple(x[idx] for x in flat), tgt.indices[idx], tgt.contrast[idx])
+            w, g, code = fn(tuple(x[idx] for x in flat), tgt.indices[idx], tgt.contrast[idx])
+            self._check_status(code.numpy()[:n_valid], start, key)
             parts_w.append([t.numpy()[:n_valid] for t in w])
             parts_g.append([t.numpy()[:n_valid] for t in g])
         sites = self._sites_for[key]
@@ -179,11 +198,29 @@ class AttentionXGradient(Attribution):
 
         Returns:
             An `AttentionMaps` dict in forward order, one array per layer call.
+
+        Raises:
+            ValueError: for token ids outside the model's vocabulary, or a
+                target score, attention weights or gradients that are NaN or
+                inf (the error names the example and the attention layer).
         """
         from kerastrace.attention import AttentionMaps
 
         wg = self.weights_and_gradients(inputs, target, internal_batch_size)
         return AttentionMaps({name: w * g for name, (w, g) in wg.items()}, wg.sites)
+
+
+def _status(score, weights, grads):
+    """`(B,)` int32 per example: 0 finite; 1 score, `2 + 2k` weights, `3 + 2k` gradient of site k NaN/inf."""
+
+    def finite(t):
+        return tf.reduce_all(tf.math.is_finite(tf.reshape(t, [tf.shape(t)[0], -1])), axis=1)
+
+    code = tf.zeros(tf.shape(score), tf.int32)
+    for k in reversed(range(len(weights))):
+        code = tf.where(finite(grads[k]), code, 3 + 2 * k)
+        code = tf.where(finite(weights[k]), code, 2 + 2 * k)
+    return tf.where(tf.math.is_finite(score), code, 1)
 
 
 def default_mask(inputs):

@@ -90,7 +90,10 @@ class FeatureAblation(PerturbationAttribution):
 
         Raises:
             ValueError: for a feature mask of the wrong shape or with gaps, an
-                invalid target or option.
+                invalid target or option, token ids outside the model's
+                vocabulary, non-integral baselines of integer inputs, or a
+                NaN/inf model output (the error names the example and the
+                coalition, with the features it removed).
         """
         problem = self._problem(
             inputs, baselines, target, feature_mask, additional_forward_args,

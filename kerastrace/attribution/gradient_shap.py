@@ -88,7 +88,7 @@ class GradientShap(GradientAttribution):
             ValueError: for baselines whose per-example shape differs from the
                 inputs', and the errors of `IntegratedGradients`.
         """
-        n = v.check_positive_int("n_samples", n_samples)
+        n = _core.check_samples("n_samples", n_samples)
         self._check_delta_request(return_convergence_delta)
         chunk = self._batch_size(internal_batch_size)
         xs, ctx, layout = self._prepare(inputs, additional_forward_args=additional_forward_args)
@@ -130,9 +130,12 @@ class GradientShap(GradientAttribution):
         rep_ctx = tuple(np.repeat(c, n, axis=0) for c in ctx)
         rep_t = tgt.repeat(n)
         mode = _core.MODE_X_MINUS_BASE if self.multiplies_by_inputs else _core.MODE_GRAD
+        def where(g):
+            return f"example {g // n}, sample {g % n}"
+
         plan = _core.Plan(
             tuple(noisy), bases, rep_t, alphas, np.ones_like(alphas), (mode,) * len(xs),
-            internal_batch_size=chunk, ctx=rep_ctx, layout=layout,
+            internal_batch_size=chunk, ctx=rep_ctx, layout=layout, where=where,
         )
         per_sample = self._execute(plan)  # one attribution per (example, sample)
         attrs = tuple(
@@ -141,8 +144,10 @@ class GradientShap(GradientAttribution):
         out = _core.restore(attrs, layout)
         if not return_convergence_delta:
             return out
-        f_x = self._scores(layout.merge(noisy, rep_ctx), rep_t, layout=layout)
-        f_b = self._scores(layout.merge(bases, rep_ctx), rep_t, layout=layout)
+        f_x = self._scores(layout.merge(noisy, rep_ctx), rep_t, layout=layout,
+                           where=lambda g: where(g) + " (noisy input)")
+        f_b = self._scores(layout.merge(bases, rep_ctx), rep_t, layout=layout,
+                           where=lambda g: where(g) + " (baseline)")
         diff = f_x.astype(np.float64) - f_b
         total = sum(a.reshape(batch, -1).sum(axis=1).astype(np.float64) for a in attrs)
         delta = total - diff.reshape(batch, n).mean(axis=1)

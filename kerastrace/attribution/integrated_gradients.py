@@ -13,6 +13,66 @@ from kerastrace.attribution import _core
 from kerastrace.attribution._base import GradientAttribution
 
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
+#: Largest `n_steps` accepted. Integrated Gradients converges with tens to a few
+#: hundred path points (`gausslegendre` needs the fewest); check with
+#: `return_convergence_delta=True`. Larger values are refused as a mistake.
+MAX_N_STEPS = 50_000
+
+
+def _legendre(n, x):
+    """`(P_n(x), P_n'(x))` by the three-term recurrence: O(len(x)) memory."""
+    p_prev, p = np.ones_like(x), x.copy()
+    if n == 0:
+        return p_prev, np.zeros_like(x)
+    tmp = np.empty_like(x)
+    for k in range(1, n):
+        # (k + 1) P_{k+1} = (2k + 1) x P_k - k P_{k-1}
+        np.multiply(x, p, out=tmp)
+        tmp *= (2 * k + 1) / (k + 1)
+        p_prev *= k / (k + 1)
+        tmp -= p_prev
+        p_prev, p, tmp = p, tmp, p_prev
+    return p, n * (x * p - p_prev) / (x * x - 1.0)
+
+
+@functools.lru_cache(maxsize=16)
+def gauss_legendre(n: int):
+    """Gauss-Legendre nodes and weights on `[-1, 1]`, ascending, without an n x n matrix.
+
+    Newton's method on the three-term recurrence of the Legendre polynomial
+    `P_n`, from Tricomi's asymptotic first guess of each root, for the
+    `ceil(n / 2)` non-negative roots (the others by symmetry); weights
+    `2 / ((1 - x^2) P_n'(x)^2)`. O(n) memory and O(n^2) time, cached
+    (numpy's `leggauss` builds an n x n companion matrix: O(n^2) memory,
+    O(n^3) time). Matches `numpy.polynomial.legendre.leggauss` to ~1e-15.
+
+    >>> x, w = gauss_legendre(3)
+    >>> x.round(6).tolist(), w.round(6).tolist()
+    ([-0.774597, 0.0, 0.774597], [0.555556, 0.888889, 0.555556])
+    """
+    m = (n + 1) // 2
+    i = np.arange(1, m + 1, dtype=np.float64)
+    theta = np.pi * (4.0 * i - 1.0) / (4.0 * n + 2.0)
+    x = (1.0 - (n - 1.0) / (8.0 * n**3)) * np.cos(theta)  # Tricomi: error O(n^-4)
+    for _ in range(100):
+        p, dp = _legendre(n, x)
+        dx = p / dp
+        x -= dx
+        if np.max(np.abs(dx)) < 1e-14:
+            break
+    if n % 2:
+        x[-1] = 0.0  # the middle root of an odd n
+    _, dp = _legendre(n, x)
+    w = 2.0 / ((1.0 - x * x) * dp * dp)
+    if n % 2:
+        nodes = np.concatenate([-x, x[-2::-1]])
+        weights = np.concatenate([w, w[-2::-1]])
+    else:
+        nodes = np.concatenate([-x, x[::-1]])
+        weights = np.concatenate([w, w[::-1]])
+    nodes.flags.writeable = False
+    weights.flags.writeable = False
+    return nodes, weights
 
 
 def approximation_parameters(method: str, n_steps: int):
@@ -28,6 +88,13 @@ def approximation_parameters(method: str, n_steps: int):
     """
     v.check_one_of("method", method, METHODS)
     n = v.check_positive_int("n_steps", n_steps)
+    if n > MAX_N_STEPS:
+        raise v.invalid(
+            "n_steps", f"a positive integer <= {MAX_N_STEPS}", n_steps,
+            hint="Integrated Gradients converges with tens to a few hundred steps (50 is "
+            "the default; method='gausslegendre' needs the fewest): check with "
+            "`return_convergence_delta=True` and raise `n_steps` only while the delta shrinks",
+        )
     return _rule(method, n)
 
 
@@ -48,7 +115,7 @@ def _rule(method, n):
         weights[0] /= 2
         weights[-1] /= 2
     else:
-        x, w = np.polynomial.legendre.leggauss(n)
+        x, w = gauss_legendre(n)
         alphas, weights = (x + 1.0) / 2.0, w / 2.0
     alphas, weights = alphas.astype(np.float32), weights.astype(np.float32)
     alphas.flags.writeable = False
@@ -126,11 +193,15 @@ class IntegratedGradients(GradientAttribution):
                 tuple with one entry per input for tuple inputs.
             target: int, one int per example, or a callable `f(outputs) -> (B,)`;
                 required when the output has more than one element per example.
-            n_steps: Number of path points, a positive integer.
+            n_steps: Number of path points, a positive integer at most
+                `MAX_N_STEPS` (50,000).
             method: One of `riemann_left`, `riemann_right`, `riemann_middle`,
                 `riemann_trapezoid`, `gausslegendre` (default, as in Captum).
-            internal_batch_size: Path points per model call; default: all
-                `n_steps * B` points in one call.
+            internal_batch_size: Path points per model call. Default (None):
+                chosen from a memory budget (`kerastrace.attribution._core.
+                AUTO_BATCH_BYTES`, 32 MiB of model inputs and outputs per call,
+                at most 1024 rows), so all `n_steps * B` points go in one call
+                when they fit and in bounded chunks otherwise.
             return_convergence_delta: Also return, per example,
                 `sum(attributions) - (f(inputs) - f(baselines))`.
             additional_forward_args: Model inputs passed through unchanged
@@ -144,8 +215,12 @@ class IntegratedGradients(GradientAttribution):
 
         Raises:
             TypeError: for integer inputs (use `LayerIntegratedGradients`).
-            ValueError: for invalid targets, baselines, `n_steps` or `method`,
-                non-finite inputs, or an input the output does not depend on.
+            ValueError: for invalid targets, baselines, `n_steps` (at most
+                `MAX_N_STEPS`) or `method`, non-finite inputs, inputs whose
+                structure or shapes differ from the model's, an input the
+                output does not depend on, or a model output or gradient that
+                is NaN or inf at some path point (the error names the
+                example, the path step and its alpha).
         """
         self._check_delta_request(return_convergence_delta)
         plan, layout = self._plan(

@@ -140,12 +140,26 @@ class _LayerAttribution(GradientAttribution):
         self.engine, self.injected_engine = self._engines[self._to_input]
         flat, layout = _core.normalize_inputs(inputs)
         _core.check_finite(flat, names=self._names, layout=layout)
+        self._check_inputs(flat, layout)
         layout = layout.with_diff(())  # every model input passes through unchanged
         tgt = self._target(target, flat, layout)
         bases = None
         if baselines is not False:
             bases = self._baseline_inputs(baselines, flat, layout)
+            _core.check_token_inputs(self.model, bases, layout, "baselines", self._names)
         return flat, layout, tgt, bases
+
+    def _check_activation(self, act, which):
+        """Refuse a NaN/inf layer activation (the path would start or end there)."""
+        finite = np.isfinite(act)
+        if finite.all():
+            return
+        b = int(np.argwhere(~finite)[0][0])
+        site = instrument.site_name(self.layer_path, self.layer_call)
+        raise ValueError(
+            f"The {self._what} of layer {site!r} is NaN or inf for the {which} at example "
+            f"{b}, so attributions to it are undefined. {_core.SCORE_HINT}"
+        )
 
 
 class LayerIntegratedGradients(_LayerAttribution):
@@ -221,7 +235,8 @@ class LayerIntegratedGradients(_LayerAttribution):
             target: As in `IntegratedGradients.attribute`.
             n_steps: Path points.
             method: Integration rule, as in `IntegratedGradients`.
-            internal_batch_size: Path points per model call.
+            internal_batch_size: Path points per model call (default: from
+                a memory budget, as in `IntegratedGradients`).
             return_convergence_delta: Also return
                 `sum(attr) - (F(act) - F(baseline_act))` per example, where
                 `F` is the model with the layer's activation replaced.
@@ -233,7 +248,11 @@ class LayerIntegratedGradients(_LayerAttribution):
             or `(attributions, delta)`.
 
         Raises:
-            ValueError: for invalid arguments, or if the layer is not used.
+            ValueError: for invalid arguments, token ids outside the token
+                embedding's vocabulary (in `inputs` or `baselines`),
+                non-integral baselines of integer inputs, NaN/inf outputs or
+                gradients (naming the example and path step), or if the
+                layer is not used.
         """
         self._check_delta_request(return_convergence_delta)
         plan, _ = self._plan(
@@ -249,8 +268,12 @@ class LayerIntegratedGradients(_LayerAttribution):
         if not return_convergence_delta:
             return attr
         (act_x,), (act_b,), flat, tgt = plan.xs, plan.bases, plan.ctx, plan.target
-        f_x = self.injected_engine.scores((act_x, *flat), tgt, layout=plan.layout)
-        f_b = self.injected_engine.scores((act_b, *flat), tgt, layout=plan.layout)
+        f_x = self.injected_engine.scores(
+            (act_x, *flat), tgt, layout=plan.layout, where=lambda b: f"example {b} (inputs)"
+        )
+        f_b = self.injected_engine.scores(
+            (act_b, *flat), tgt, layout=plan.layout, where=lambda b: f"example {b} (baselines)"
+        )
         total = attr.reshape(attr.shape[0], -1).astype(np.float64).sum(axis=1)
         return attr, (total - (f_x.astype(np.float64) - f_b)).astype(np.float32)
 
@@ -272,6 +295,8 @@ class LayerIntegratedGradients(_LayerAttribution):
         cap = chunk or flat[0].shape[0]
         act_x = self._capture(flat, layout, cap)
         act_b = self._capture(bases, layout, cap)
+        self._check_activation(act_x, "inputs")
+        self._check_activation(act_b, "baselines")
         mode = _core.MODE_X_MINUS_BASE if self.multiplies_by_inputs else _core.MODE_GRAD
         plan = _core.Plan(
             (act_x,), (act_b,), tgt, alphas, weights, (mode,),
@@ -335,6 +360,7 @@ class LayerGradientXActivation(_LayerAttribution):
         chunk = self._batch_size(internal_batch_size)
         flat, layout, tgt, _ = self._setup(inputs, False, target, attribute_to_layer_input)
         act = self._capture(flat, layout, chunk or flat[0].shape[0])
+        self._check_activation(act, "inputs")
         mode = _core.MODE_X if self.multiplies_by_inputs else _core.MODE_GRAD
         plan = _core.gradient_plan(
             (act,), tgt, (mode,), internal_batch_size=chunk, ctx=flat, layout=layout

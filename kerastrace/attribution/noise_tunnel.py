@@ -118,10 +118,13 @@ class NoiseTunnel(Attribution):
             Numpy array(s) of the input's shape.
 
         Raises:
-            ValueError: for invalid arguments (see the wrapped method too).
+            ValueError: for invalid arguments (`nt_samples` at most 100,000;
+                see the wrapped method too), or a model output
+                or gradient that is NaN or inf for some noisy sample (the
+                error names the example and the sample).
         """
         v.check_one_of("nt_type", nt_type, NT_TYPES)
-        n = v.check_positive_int("nt_samples", nt_samples)
+        n = _core.check_samples("nt_samples", nt_samples)
         per = v.check_optional_positive_int("nt_samples_batch_size", nt_samples_batch_size) or n
         if kwargs.pop("return_convergence_delta", False):
             raise ValueError(

@@ -15,6 +15,7 @@ from kerastrace.attribution._base import Attribution
 
 def _per_input(value, xs, name, default=None):
     """One shape tuple per input from an int/tuple or a tuple of them (None: `default` per axis)."""
+    given = value
     if value is None:
         value = tuple(default for _ in xs) if len(xs) > 1 else default
     if len(xs) == 1 and (
@@ -25,7 +26,7 @@ def _per_input(value, xs, name, default=None):
     ):
         value = (value,)
     if not isinstance(value, (tuple, list)) or len(value) != len(xs):
-        raise v.invalid(name, f"one entry per input ({len(xs)})", value)
+        raise v.invalid(name, f"one entry per input ({len(xs)})", given)
     out = []
     for val, x in zip(value, xs):
         rank = x.ndim - 1
@@ -36,10 +37,10 @@ def _per_input(value, xs, name, default=None):
             isinstance(t, numbers.Integral) and not isinstance(t, bool) and t >= 1 for t in val
         ):
             raise v.invalid(
-                name, f"positive integers, one per non-batch axis (shape {x.shape[1:]})", value
+                name, f"positive integers, one per non-batch axis (shape {x.shape[1:]})", given
             )
         if name == "sliding_window_shapes" and any(w > s for w, s in zip(val, x.shape[1:])):
-            raise v.invalid(name, f"windows no larger than the input shape {x.shape[1:]}", value)
+            raise v.invalid(name, f"windows no larger than the input shape {x.shape[1:]}", given)
         out.append(tuple(int(t) for t in val))
     return out
 
@@ -139,12 +140,16 @@ class Occlusion(Attribution):
 
         Raises:
             ValueError: for windows larger than the input, strides larger
-                than the window, and target errors.
+                than the window, target errors, token ids outside the
+                model's vocabulary, non-integral baselines of integer
+                inputs, and NaN/inf model outputs (naming the example and
+                the window).
         """
         flat, layout = _core.normalize_inputs(
             inputs, additional_forward_args=additional_forward_args
         )
         _core.check_finite(flat, names=self._names, layout=layout)
+        self._check_inputs(flat, layout)
         layout = _core.select_perturbed_inputs(flat, layout)
         xs, ctx = layout.split(flat)
         windows = _per_input(sliding_window_shapes, xs, "sliding_window_shapes")
@@ -156,7 +161,12 @@ class Occlusion(Attribution):
                 _core.broadcast_baselines(baselines, xs, dtype=None, layout=layout), xs
             )
         )
-        chunk = v.check_positive_int("internal_batch_size", internal_batch_size or 256)
+        _core.check_token_inputs(
+            self.model, layout.merge(bases, ctx), layout, "baselines", self._names
+        )
+        chunk = v.check_positive_int(
+            "internal_batch_size", 256 if internal_batch_size is None else internal_batch_size
+        )
         tgt = self._target(target, flat, layout)
         batch = xs[0].shape[0]
         f_x = self._scores(flat, tgt, chunk, layout)
@@ -182,7 +192,12 @@ class Occlusion(Attribution):
                 others[j] = rows
                 rep_ctx = [np.tile(c, (len(block),) + (1,) * (c.ndim - 1)) for c in ctx]
                 t = tgt.tile(len(block))
-                f_o = self._scores(layout.merge(others, rep_ctx), t, chunk, layout)
+
+                def where(r, block=block, j=j):
+                    w, b = divmod(r, batch)
+                    return f"example {b}, occlusion window at {block[w]} of {layout.label(layout.diff[j])}"
+
+                f_o = self._scores(layout.merge(others, rep_ctx), t, chunk, layout, where)
                 f_o = f_o.reshape(len(block), batch)
                 diff = f_x[None, :] - f_o  # (W, B)
                 mf = masks.astype(np.float64)

@@ -54,7 +54,9 @@ class Saliency(GradientAttribution):
 
         Raises:
             TypeError: for integer inputs.
-            ValueError: for a missing/out-of-range target or non-finite inputs.
+            ValueError: for a missing/out-of-range target, non-finite inputs,
+                or a model output or gradient that is NaN or inf (e.g. at a
+                kink such as `sqrt` at 0); the error names the example.
         """
         plan, layout = self._plan(
             inputs, target, abs=abs, internal_batch_size=internal_batch_size,
