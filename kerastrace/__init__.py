@@ -34,6 +34,7 @@ _SUBPACKAGES = (
     "scale",
     "generation",
     "influence",
+    "io",
     "testing",
 )
 

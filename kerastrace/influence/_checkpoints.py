@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from kerastrace._utils import store as _store
 from kerastrace._utils import validation as v
-from kerastrace.scale import _store
 
 RECORD_FORMAT = "kerastrace.influence.checkpoint"
 _WEIGHT_SUFFIXES = (".weights.h5", ".keras")

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerastrace.scale import _store
+from kerastrace._utils import store as _store
 
 FORMAT = "kerastrace.influence.gradients"
 FORMAT_VERSION = 1

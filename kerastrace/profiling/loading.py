@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import re
 import sys
-import zipfile
 
 import keras
 
@@ -86,51 +84,13 @@ def import_custom_objects(path: str) -> dict:
     return {}
 
 
-def _uses_keras_hub(path: str) -> bool:
-    with zipfile.ZipFile(path) as zf:
-        with zf.open("config.json") as f:
-            return b"keras_hub" in f.read()
-
-
-def _import_keras_hub(path: str) -> None:
-    try:
-        import keras_hub  # noqa: F401  (registers its classes for deserialization)
-    except ImportError as exc:
-        raise ImportError(
-            f"{path!r} holds keras-hub objects, but keras-hub is not installed: "
-            "`pip install keras-hub`."
-        ) from exc
-
-
-def _load_error(path: str, exc: Exception, safe_mode: bool) -> ValueError:
-    """One clear line for a model file that Keras could not load."""
-    msg = str(exc)
-    if isinstance(exc, ValueError) and safe_mode and (
-        "safe_mode" in msg or "unsafe" in msg.lower()
-    ):
-        return ValueError(
-            f"{path!r} needs unsafe deserialization (it contains Python code such as a "
-            "`Lambda` layer), which is refused by default. If you trust the file, pass "
-            "`safe_mode=False` (CLI: `--unsafe`)."
-        )
-    missing = re.search(r"Could not locate (class|function) '([^']+)'", msg)
-    if missing:
-        return ValueError(
-            f"Could not load {path!r}: it uses the custom {missing.group(1)} "
-            f"{missing.group(2)!r}, which is not registered. Import the module that defines "
-            "it (decorated with `@keras.saving.register_keras_serializable()`) before "
-            "loading, or pass `custom_objects=` (CLI: `--custom-objects FILE.py`)."
-        )
-    first = " ".join(msg.split())[:300] or type(exc).__name__
-    if isinstance(exc, ValueError):
-        return ValueError(f"Could not load {path!r} as a Keras model: {first}")
-    return ValueError(f"{path!r} is not a loadable Keras model file: {first}")
-
-
 def load_model_for_profiling(
     path: str, safe_mode: bool = True, custom_objects: dict | None = None
 ) -> keras.Model:
     """Load a Keras model file (`.keras`, or legacy `.h5`) for `profile_model`.
+
+    The same as `kerastrace.io.load_model`, archive checks included (member
+    sizes and names are checked before anything is read: a zip bomb is refused).
 
     kerastrace's own layers are registered first; a `.keras` file whose
     configuration names keras-hub objects (`BertTextClassifier`, ...) gets
@@ -160,49 +120,9 @@ def load_model_for_profiling(
     ...
     FileNotFoundError: No model file at 'missing.keras'.
     """
-    if not isinstance(safe_mode, bool):
-        raise ValueError(
-            "Received an invalid value for argument `safe_mode`, expected a boolean. "
-            f"Received: safe_mode={safe_mode!r}"
-        )
-    if custom_objects is not None and not isinstance(custom_objects, dict):
-        raise TypeError(
-            "Received an invalid value for argument `custom_objects`, expected a dict of "
-            f"names to classes or functions. Received: custom_objects={custom_objects!r}"
-        )
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No model file at {path!r}.")
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".keras":
-        if not zipfile.is_zipfile(path):
-            raise ValueError(
-                f"{path!r} is not a Keras model file: a `.keras` file is a zip archive "
-                "written by `model.save(...)`."
-            )
-        with zipfile.ZipFile(path) as zf:
-            if "config.json" not in zf.namelist():
-                raise ValueError(f"{path!r} is not a Keras model file (no config.json inside).")
-        if _uses_keras_hub(path):
-            _import_keras_hub(path)
-    elif ext not in (".h5", ".hdf5"):
-        raise ValueError(
-            f"{path!r} is not a Keras model file: expected a `.keras` file (or a legacy "
-            f"`.h5`). Received extension {ext or '(none)'!r}."
-        )
-    # Register kerastrace's own layers ("kerastrace>SelfAttention", ...) so a
-    # model that uses them loads in a process that has not imported them yet.
-    import kerastrace.layers  # noqa: F401
+    from kerastrace.io import load_model
 
-    try:
-        model = keras.saving.load_model(
-            path, custom_objects=custom_objects or None, safe_mode=safe_mode
-        )
-    except (ValueError, TypeError, OSError, KeyError) as exc:
-        raise _load_error(path, exc, safe_mode) from exc
-    if not isinstance(model, keras.layers.Layer):
-        raise ValueError(f"{path!r} did not load as a Keras model (got {type(model).__name__}).")
-    return model
+    return load_model(path, safe_mode=safe_mode, custom_objects=custom_objects)
 
 
 def build_from_builder(spec: str, **kwargs) -> keras.Model:

@@ -12,8 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 from kerastrace._utils import instrument, tf_compat
+from kerastrace._utils import store as _store
 from kerastrace._utils import validation as v
-from kerastrace.scale import _store
 from kerastrace.scale._attribute import TOKEN_KEY, split_element, to_numpy
 
 _METRICS = ("cosine", "l2")

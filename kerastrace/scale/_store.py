@@ -1,96 +1,76 @@
-"""Per-example results written as `.npz` shards plus a JSON manifest."""
+"""Per-example results written as `.npz` shards plus a JSON manifest.
+
+The file helpers (atomic writes, checksummed shards) live in
+`kerastrace._utils.store`; the names below stay importable from here.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+from kerastrace._utils.store import (  # noqa: F401 - re-exported for older imports
+    MANIFEST,
+    ShardError,
+    atomic_write_bytes,
+    load_shard,
+    pad_concat,
+    shard_name,
+    write_manifest,
+    write_shard,
+)
+
+FORMAT = "kerastrace.scale.attributions"
+#: 2: fingerprints of the model, the method and every shard's inputs, shard checksums.
+FORMAT_VERSION = 2
+#: Fields of a shard file that are bookkeeping, not results (hidden by `load()`).
+PRIVATE_PREFIX = "_"
 
 
-def shard_name(k: int) -> str:
-    return f"shard-{k:05d}.npz"
-
-
-def pad_concat(arrays: list[np.ndarray], fill=0) -> np.ndarray:
-    """Concatenate along axis 0, zero-padding trailing axes to the largest shape.
-
-    Batches of a `padded_batch` dataset can have different sequence lengths;
-    they are padded at the end (with `fill`, the pad id for token ids) so the
-    examples line up position by position.
-    """
-    if not arrays:
-        raise ValueError("Nothing to concatenate.")
-    if len(arrays) == 1:
-        return arrays[0]
-    rank = {a.ndim for a in arrays}
-    if len(rank) != 1:
-        raise ValueError(
-            f"Cannot concatenate per-example arrays of different ranks: {sorted(rank)}."
-        )
-    full = tuple(max(a.shape[i] for a in arrays) for i in range(1, arrays[0].ndim))
-    out = []
-    for a in arrays:
-        if a.shape[1:] != full:
-            pad = [(0, 0)] + [(0, f - s) for f, s in zip(full, a.shape[1:])]
-            a = np.pad(a, pad, constant_values=fill)
-        out.append(a)
-    return np.concatenate(out, axis=0)
-
-
-def atomic_write_bytes(path: str, write) -> None:
-    """Write through `write(fileobj)` to a temporary file, fsync, then `os.replace`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_shard(path: str, fields: dict[str, np.ndarray]) -> None:
-    atomic_write_bytes(path, lambda f: np.savez(f, **fields))
-
-
-def write_manifest(directory: str, manifest: dict) -> None:
-    text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    atomic_write_bytes(os.path.join(directory, MANIFEST), lambda f: f.write(text))
+def _invalid_manifest(path, why):
+    return ValueError(
+        f"Received an invalid value for argument `output_dir`: its manifest {path!r} {why}. "
+        "Use a new directory (or delete this one to start over)."
+    )
 
 
 def read_manifest(directory: str) -> dict | None:
+    """The attribution manifest of `directory`, None when there is none; checked for shape."""
     path = os.path.join(directory, MANIFEST)
     if not os.path.exists(path):
         return None
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(
-            f"Received an invalid value for argument `output_dir`: its manifest {path!r} "
-            f"cannot be read ({e}). Use a new directory."
-        ) from None
-    if manifest.get("format") != "kerastrace.scale.attributions":
-        raise ValueError(
-            f"Received an invalid value for argument `output_dir`: {path!r} is not a "
-            "kerastrace attribution manifest. Use a new directory."
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _invalid_manifest(path, f"cannot be read ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise _invalid_manifest(path, "is not a kerastrace attribution manifest")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not isinstance(manifest.get("config"), dict):
+        raise _invalid_manifest(path, "has no `shards` list or no `config`")
+    start = 0
+    for k, entry in enumerate(shards):
+        ok = (
+            isinstance(entry, dict)
+            and isinstance(entry.get("file"), str)
+            and os.path.basename(entry["file"]) == entry["file"]
+            and isinstance(entry.get("count"), int)
+            and entry["count"] > 0
+            and entry.get("start", start) == start
         )
+        if not ok:
+            raise _invalid_manifest(path, f"has a malformed entry for shard {k}: {entry!r}")
+        start += entry["count"]
     return manifest
 
 
-def load_shard(path: str) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+def public_fields(shard: dict) -> dict:
+    return {k: a for k, a in shard.items() if not k.startswith(PRIVATE_PREFIX)}
 
 
 class AttributionStore:
@@ -103,7 +83,10 @@ class AttributionStore:
     `targets` (-1 for a callable target), and, when available, `inputs` (the
     features of a single-input model, or the `"token_ids"` entry of dict
     features such as keras-hub's), `labels` and `delta` (convergence
-    deltas).
+    deltas). On disk, every shard's SHA-256 is recorded in `manifest.json`
+    and checked when the shard is read: a truncated or damaged shard raises
+    a ValueError that names the file (`attribute_dataset` with the same
+    arguments recomputes it).
 
     Attributes:
         directory: The output directory, or None for an in-memory store.
@@ -129,8 +112,11 @@ class AttributionStore:
         self._cache: dict | None = None
 
     @classmethod
-    def open(cls, directory: str) -> AttributionStore:
+    def open(cls, directory: str | os.PathLike) -> AttributionStore:
         """Open the results written by `attribute_dataset(..., output_dir=directory)`.
+
+        An interrupted run opens too (`complete` is then False, and
+        `summarize` warns).
 
         Args:
             directory: The output directory.
@@ -139,8 +125,9 @@ class AttributionStore:
             An `AttributionStore`.
 
         Raises:
-            ValueError: if the directory holds no manifest.
+            ValueError: if the directory holds no manifest, or a malformed one.
         """
+        directory = os.fspath(directory)
         manifest = read_manifest(directory)
         if manifest is None:
             raise ValueError(
@@ -161,19 +148,33 @@ class AttributionStore:
     def __len__(self) -> int:
         return int(sum(s["count"] for s in self.manifest["shards"]))
 
+    def _read(self, entry) -> dict[str, np.ndarray]:
+        path = os.path.join(self.directory, entry["file"])
+        try:
+            return load_shard(path, entry.get("sha256"))
+        except ShardError as e:
+            raise ShardError(
+                f"{e} Run `attribute_dataset` again with the same arguments and "
+                f"output_dir={self.directory!r} to recompute it."
+            ) from None
+
     def iter_shards(self) -> Iterator[dict[str, np.ndarray]]:
-        """Yield the shards in dataset order, one dict of arrays each."""
+        """Yield the shards in dataset order, one dict of arrays each (checksums checked)."""
         if self._memory is not None:
-            yield from self._memory
+            for shard in self._memory:
+                yield public_fields(shard)
             return
         for entry in self.manifest["shards"]:
-            yield load_shard(os.path.join(self.directory, entry["file"]))
+            yield public_fields(self._read(entry))
 
     def load(self) -> dict[str, np.ndarray]:
         """All shards concatenated in dataset order: `{field: (N, ...) array}`.
 
         Batches of different padded lengths are zero-padded at the end
         (token ids with the pad id 0).
+
+        Raises:
+            ValueError: a shard is missing, truncated or damaged (named).
         """
         if self._cache is None:
             shards = list(self.iter_shards())
@@ -207,6 +208,19 @@ class AttributionStore:
     @property
     def delta(self) -> np.ndarray | None:
         return self._field("delta")
+
+    def warn_if_incomplete(self, what: str = "summarize") -> None:
+        """Warn (`UserWarning`) when the store holds an interrupted run."""
+        if self.complete:
+            return
+        where = self.directory if self.directory is not None else "memory"
+        warnings.warn(
+            f"{what}: the attribution store at {where!r} is incomplete: it holds the first "
+            f"{len(self)} examples of an interrupted run, not the whole dataset. Run "
+            "`attribute_dataset` again with the same arguments to finish it.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def __repr__(self) -> str:
         where = self.directory if self.directory is not None else "memory"

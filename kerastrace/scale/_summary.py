@@ -148,6 +148,10 @@ def summarize(
     vocabulary id aggregates: the scores are scattered onto their ids, and
     positions holding `pad_id` are left out everywhere.
 
+    A store of an interrupted run (`store.complete` is False) is summarized
+    as it is, with a `UserWarning` saying that it holds only part of the
+    dataset.
+
     Args:
         store: The result of `attribute_dataset` (or `AttributionStore.open`).
         pad_id: Padding id excluded from token aggregates and per-position
@@ -160,8 +164,8 @@ def summarize(
         A `DatasetSummary`.
 
     Raises:
-        ValueError: for an empty store, or ids/classes beyond `vocab_size` /
-            `num_classes`.
+        ValueError: for an empty store, ids/classes beyond `vocab_size` /
+            `num_classes`, or a damaged shard (named).
 
     Example:
 
@@ -170,7 +174,8 @@ def summarize(
     >>> shard = {"index": np.arange(2), "targets": np.array([0, 1]),
     ...          "attributions": np.array([[1.0, -2.0, 5.0], [3.0, 4.0, 0.0]]),
     ...          "inputs": np.array([[7, 8, 0], [8, 8, 0]])}
-    >>> s = summarize(AttributionStore(None, {"shards": [{"count": 2}]}, [shard]))
+    >>> manifest = {"shards": [{"count": 2}], "complete": True}
+    >>> s = summarize(AttributionStore(None, manifest, [shard]))
     >>> s.token_mean_abs[7:].tolist(), s.token_counts[7:].tolist()
     ([1.0, 3.0], [1, 3])
     """
@@ -180,6 +185,7 @@ def summarize(
             f"Received: store of type {type(store).__name__}"
         )
     bins = v.check_positive_int("bins", bins)
+    store.warn_if_incomplete("summarize")
     shards = list(_shard_iter(store))
     if not shards:
         raise ValueError("Received an invalid value for argument `store`: it holds no examples.")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import html
 import io
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -14,18 +16,159 @@ import tensorflow as tf
 
 from kerastrace._utils.lazy import pyplot
 
-_WRITERS: dict[str, tf.summary.SummaryWriter] = {}
+logger = logging.getLogger(__name__)
+
+
+class SummaryWriteError(OSError):
+    """TensorBoard summaries could not be written (the message names the log directory)."""
+
+
+class _Cached:
+    """A cached writer, with what identifies the directory and event file it writes."""
+
+    def __init__(self, writer, ident, event_file):
+        self.writer = writer
+        self.ident = ident
+        self.event_file = event_file
+
+
+_WRITERS: dict[str, _Cached] = {}
+
+
+def _ident(path):
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)
+
+
+def _events(path) -> set[str]:
+    try:
+        return {n for n in os.listdir(path) if n.startswith("events.out.tfevents.")}
+    except OSError:
+        return set()
+
+
+def _vanished(key: str, cached: _Cached) -> bool:
+    """Whether the directory (or the event file) the writer writes is gone or replaced."""
+    try:
+        if _ident(key) != cached.ident:
+            return True
+    except OSError:
+        return True
+    return cached.event_file is not None and not os.path.exists(cached.event_file)
+
+
+def _reason(exc: BaseException) -> str:
+    """The operating-system reason in an error message ("No space left on device", ...)."""
+    message = str(exc)
+    found = [os.strerror(code) for code in errno.errorcode if os.strerror(code) in message]
+    if found:
+        return max(found, key=len)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return f"{type(exc).__name__}: {first}"[:300]
+
+
+def write_error(
+    exc: BaseException, logdir, any_oserror: bool = True
+) -> SummaryWriteError | None:
+    """A `SummaryWriteError` for an error raised while writing summaries to `logdir`, else None.
+
+    The cached writer of `logdir` is forgotten (the next `get_writer` makes a
+    new one, in a new event file). The message depends only on the
+    directory and the reason, so that a repeated failure reads the same.
+    `any_oserror=False` leaves OSErrors that are not `SummaryWriteError`
+    alone (code that does more than writing summaries).
+    """
+    if isinstance(exc, SummaryWriteError):
+        forget_writer(logdir)
+        return exc
+    summary_op = isinstance(exc, tf.errors.OpError) and "Summary" in str(exc)
+    if not (summary_op or (any_oserror and isinstance(exc, OSError))) or logdir is None:
+        return None
+    if isinstance(logdir, (str, os.PathLike)):
+        where = os.path.abspath(os.fspath(logdir))
+    else:  # a writer: ours (cached for a log directory) or the caller's
+        keys = [k for k, cached in _WRITERS.items() if cached.writer is logdir]
+        where = keys[0] if keys else "a tf.summary writer"
+    forget_writer(logdir)
+    return SummaryWriteError(
+        f"Cannot write TensorBoard summaries to {where!r}: {_reason(exc)}. Check that the log "
+        "directory is a writable directory with free space."
+    )
+
+
+def forget_writer(logdir_or_writer) -> None:
+    """Drop the cached writer of a log directory (or this writer); the next write makes a new one."""
+    for key, cached in list(_WRITERS.items()):
+        same = cached.writer is logdir_or_writer or (
+            isinstance(logdir_or_writer, (str, os.PathLike))
+            and key == os.path.abspath(os.fspath(logdir_or_writer))
+        )
+        if same:
+            del _WRITERS[key]
+            with contextlib.suppress(Exception):
+                cached.writer.close()
+
+
+def _create(key: str) -> _Cached:
+    if os.path.exists(key) and not os.path.isdir(key):
+        raise SummaryWriteError(
+            f"Cannot write TensorBoard summaries to {key!r}: it is a file, not a directory. "
+            "Pass a log directory."
+        )
+    before = _events(key)
+    try:
+        writer = tf.summary.create_file_writer(key)
+    except (tf.errors.OpError, OSError) as exc:
+        raise write_error(exc, key) from exc
+    new = sorted(_events(key) - before)
+    event_file = os.path.join(key, new[-1]) if len(new) == 1 else None
+    try:
+        ident = _ident(key)
+    except OSError as exc:  # deleted again in between
+        raise write_error(exc, key) from exc
+    return _Cached(writer, ident, event_file)
 
 
 def get_writer(logdir_or_writer) -> tf.summary.SummaryWriter:
-    """A `tf.summary` writer: the given one, or a cached one per log directory."""
+    """A `tf.summary` writer: the given one, or a cached one per log directory.
+
+    A log directory's writer is cached for the process, and checked each
+    time it is asked for: when the directory was deleted or replaced (a
+    notebook's `!rm -rf logs`) or its event file removed, the old writer,
+    which would keep writing into a deleted file, is dropped and a new one
+    is created, which recreates the directory (a warning is logged). Errors
+    (the path is a file, the directory cannot be created or written) raise
+    `SummaryWriteError` (an `OSError`) naming the directory; the kerastrace
+    callbacks count them in `.failures`.
+
+    Args:
+        logdir_or_writer: A log directory path or a `tf.summary.SummaryWriter`.
+
+    Returns:
+        The writer.
+
+    Raises:
+        TypeError: for anything else.
+        SummaryWriteError: the log directory cannot be written.
+    """
     if isinstance(logdir_or_writer, tf.summary.SummaryWriter):
         return logdir_or_writer
     if isinstance(logdir_or_writer, (str, os.PathLike)):
         key = os.path.abspath(os.fspath(logdir_or_writer))
-        if key not in _WRITERS:
-            _WRITERS[key] = tf.summary.create_file_writer(key)
-        return _WRITERS[key]
+        cached = _WRITERS.get(key)
+        if cached is not None and _vanished(key, cached):
+            logger.warning(
+                "The TensorBoard log directory %r (or its event file) was deleted or "
+                "replaced; writing to a new event file there.",
+                key,
+            )
+            forget_writer(key)
+            cached = None
+        if cached is None:
+            cached = _WRITERS[key] = _create(key)
+        return cached.writer
     raise TypeError(
         "Received an invalid value for argument `logdir_or_writer`, expected a log "
         "directory path or a tf.summary.SummaryWriter. Received: "
@@ -33,12 +176,29 @@ def get_writer(logdir_or_writer) -> tf.summary.SummaryWriter:
     )
 
 
+def flush_writer(writer, logdir=None) -> None:
+    """`writer.flush()`, with a write error raised as `SummaryWriteError` (writer forgotten)."""
+    try:
+        writer.flush()
+    except (tf.errors.OpError, OSError) as exc:
+        err = write_error(exc, logdir if logdir is not None else writer)
+        if err is None:
+            raise
+        raise err from exc
+
+
 @contextlib.contextmanager
 def _writing(logdir_or_writer):
     writer = get_writer(logdir_or_writer)
-    with writer.as_default():
-        yield writer
-    writer.flush()
+    try:
+        with writer.as_default():
+            yield writer
+        writer.flush()
+    except (tf.errors.OpError, OSError) as exc:
+        err = write_error(exc, logdir_or_writer)
+        if err is None:
+            raise
+        raise err from exc
 
 
 def figure_to_image(fig) -> np.ndarray:

@@ -13,7 +13,8 @@ from kerastrace.scale import (
 
 
 def _store(shards):
-    return AttributionStore(None, {"shards": [{"count": len(s["index"])} for s in shards]}, shards)
+    manifest = {"shards": [{"count": len(s["index"])} for s in shards], "complete": True}
+    return AttributionStore(None, manifest, shards)
 
 
 def test_token_and_class_aggregates_against_brute_force():

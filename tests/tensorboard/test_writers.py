@@ -1,3 +1,8 @@
+import logging
+import os
+import re
+import shutil
+
 import numpy as np
 import pytest
 from _tb_events import read_events
@@ -10,6 +15,7 @@ from kerastrace.tensorboard import (
     write_profile,
     write_token_attributions,
 )
+from kerastrace.tensorboard._writers import SummaryWriteError
 
 
 def _png_size(value):
@@ -132,3 +138,117 @@ def test_token_attributions_special_tokens_and_escaping(tmp_path):
         write_token_attributions(tmp_path, scores, toks, special=[True, False])
     write_attention(tmp_path / "f", {"l": np.full((1, 1, 2, 2), 0.5)}, ["<i>", "b"], style="fast")
     assert read_events(tmp_path / "f")["attention/tokens"][0][1].endswith("tokens: &lt;i&gt; b")
+
+
+# ------------------------------------------------------------ writers that notice
+def _deleting(path, at_epoch):
+    import keras
+
+    class Delete(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == at_epoch:
+                shutil.rmtree(path)  # a notebook's `!rm -rf logs` between epochs
+
+    return Delete()
+
+
+def test_deleted_log_directory_gets_a_new_writer(tmp_path, caplog):
+    logdir = tmp_path / "logs"
+    first = get_writer(logdir)
+    write_head_statistics(logdir, {"x": 1.0}, step=0)
+    shutil.rmtree(logdir)
+    with caplog.at_level(logging.WARNING):
+        write_head_statistics(logdir, {"x": 2.0}, step=1)  # used to vanish silently
+    assert get_writer(logdir) is not first and logdir.is_dir()
+    assert read_events(logdir) == {"heads/x": [(1, 2.0)]}
+    assert any("deleted or replaced" in r.getMessage() for r in caplog.records)
+    # replaced by another directory of the same name: also a new writer
+    second = get_writer(logdir)
+    shutil.rmtree(logdir)
+    logdir.mkdir()
+    assert get_writer(logdir) is not second
+
+
+def test_monitors_keep_logging_after_the_directory_is_deleted(tiny_classifier, tmp_path):
+    from kerastrace.tensorboard import AttentionMonitor, GradientFlow
+
+    model, ids, y = tiny_classifier
+    logdir = tmp_path / "logs"
+    att = AttentionMonitor(logdir, ids[:2], write_images=False)
+    flow = GradientFlow(logdir, (ids[:4], y[:4]), histograms=False)
+    model.fit(ids, y, epochs=3, verbose=0, callbacks=[_deleting(logdir, 2), att, flow])
+    assert att.failures == 0 and flow.failures == 0
+    ev = read_events(logdir)  # only what was written after the deletion, at epoch 2
+    assert [s for s, _ in ev["heads/entropy/block/attention/head_0"]] == [2]
+    assert [s for s, _ in ev["gradient_norm/head"]] == [2]
+    assert ev["gradient_norm/head"][0][1] == pytest.approx(flow.last_norms["head"], rel=1e-5)
+
+
+def _unwritable(tmp_path):
+    """A log directory path that cannot be written: chmod 0o500, or a file when root."""
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    os.chmod(parent, 0o500)
+    probe = parent / "probe"
+    try:
+        probe.mkdir()  # root ignores the mode: simulate with a file where the directory goes
+    except PermissionError:
+        return parent / "logs", "Permission denied"
+    probe.rmdir()
+    os.chmod(parent, 0o700)
+    (parent / "logs").write_text("not a directory")
+    return parent / "logs", "not a directory"
+
+
+def test_unwritable_log_directory_is_a_clear_error(tmp_path):
+    logdir, reason = _unwritable(tmp_path)
+    with pytest.raises(SummaryWriteError, match=f"{re.escape(repr(str(logdir)))}.*{reason}"):
+        write_head_statistics(logdir, {"x": 1.0})
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError, match="it is a file, not a directory"):
+        get_writer(tmp_path / "file")
+
+
+def test_write_errors_count_as_monitor_failures_logged_once(tiny_classifier, tmp_path, caplog):
+    from kerastrace.tensorboard import AttentionMonitor, GradientFlow
+
+    model, ids, y = tiny_classifier
+    logdir, reason = _unwritable(tmp_path)
+    att = AttentionMonitor(logdir, ids[:2], write_images=False)
+    flow = GradientFlow(logdir, (ids[:4], y[:4]), histograms=False)
+    with caplog.at_level(logging.ERROR):
+        model.fit(ids, y, epochs=3, verbose=0, callbacks=[att, flow])
+    assert att.failures == 3  # every epoch, and training went on
+    # GradientFlow's start-of-training check builds its writer: it fails there, once,
+    # and turns the monitor off for this run
+    assert flow.failures == 1 and list(flow.disabled) == ["gradients"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2  # once per monitor
+    assert all("Cannot write TensorBoard summaries" in m and reason in m for m in errors)
+
+
+def test_full_disk_on_flush_is_a_failure_and_the_next_epoch_writes_again(tiny_classifier,
+                                                                          tmp_path, caplog):
+    import tensorflow as tf
+
+    from kerastrace.tensorboard import AttentionMonitor
+
+    model, ids, y = tiny_classifier
+    logdir = tmp_path / "logs"
+    broken = get_writer(logdir)
+
+    def full(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(
+            None, None, f"{logdir}/events.out.tfevents.x; No space left on device\n\tFailed "
+            "to flush 2 events to FlushSummaryWriter")
+
+    broken.flush = full  # what TensorFlow raises when the disk is full (checked by hand)
+    att = AttentionMonitor(logdir, ids[:2], write_images=False)
+    with caplog.at_level(logging.ERROR):
+        model.fit(ids, y, epochs=2, verbose=0, callbacks=[att])
+    assert att.failures == 1
+    [message] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "No space left on device" in message and str(logdir) in message
+    assert get_writer(logdir) is not broken  # forgotten after the error
+    ev = read_events(logdir)
+    assert 1 in [s for s, _ in ev["heads/entropy/block/attention/head_0"]]

@@ -24,6 +24,8 @@ def test_function_keys_the_retracing_detector_per_instance():
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
     logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # another test may have raised it
     logger.addHandler(handler)
     try:
 
@@ -41,6 +43,7 @@ def test_function_keys_the_retracing_detector_per_instance():
         plain_log = buf.getvalue()[len(compat_log):]
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
     assert "retracing" not in compat_log
     assert "retracing" in plain_log  # the warning the wrapper avoids still exists
 
@@ -75,6 +78,8 @@ def test_silenced_deprecations_silences_and_restores():
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
     logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # another test may have raised it
     logger.addHandler(handler)
     try:
         with tf_compat.silenced_deprecations():
@@ -84,6 +89,7 @@ def test_silenced_deprecations_silences_and_restores():
         after = buf.getvalue()[len(silenced):]
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
     assert "deprecated" not in silenced
     assert "deprecated" in after  # logged again outside the context
 
