@@ -40,7 +40,7 @@ def _use_convergence_delta(model):
 
 
 def _use_gradient_x_embedding(model):
-    from kerastrace.tensorboard._callbacks import gradient_x_embedding
+    from kerastrace.attribution import gradient_x_embedding
 
     assert gradient_x_embedding(model, _ids()).shape == (2, T)
 

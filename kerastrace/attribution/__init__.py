@@ -20,6 +20,7 @@ from kerastrace.attribution import metrics
 from kerastrace.attribution._base import Attribution, GradientAttribution
 from kerastrace.attribution._core import Contrast
 from kerastrace.attribution._perturbation import PerturbationAttribution, PerturbationInfo
+from kerastrace.attribution._token import gradient_x_embedding
 from kerastrace.attribution.attention import AttentionXGradient, GradientWeightedRollout
 from kerastrace.attribution.feature_ablation import FeatureAblation
 from kerastrace.attribution.gradient_shap import GradientShap
@@ -48,6 +49,7 @@ __all__ = [
     "LayerIntegratedGradients",
     "LayerGradientXActivation",
     "token_scores",
+    "gradient_x_embedding",
     "Occlusion",
     "PerturbationAttribution",
     "PerturbationInfo",

@@ -36,6 +36,7 @@ __all__ = [
     "insertion_curve",
     "randomization_sanity_check",
     "spearman",
+    "jaccard_top_k",
 ]
 
 
@@ -554,3 +555,45 @@ def randomization_sanity_check(
             for w, val in zip(target.weights, saved):
                 w.assign(val)
     return results
+
+
+def jaccard_top_k(a, b, k: int, mask=None) -> float:
+    """Mean Jaccard index of the top-`k` (by |score|) token sets of two `(B, T)` arrays.
+
+    How much two attributions agree on the most important tokens (e.g. the
+    same method at two training epochs, or two methods). Positions where
+    `mask` is False are left out of the ranking; rows with no kept position
+    are skipped, and 1.0 is returned when no row is left.
+
+    Args:
+        a: `(B, T)` or `(T,)` scores.
+        b: Scores of the same shape.
+        k: How many top positions form each set (fewer when a row keeps fewer).
+        mask: Optional `(B, T)` boolean, True where a position may be ranked.
+
+    Returns:
+        The mean over rows of `|top_k(a) & top_k(b)| / |top_k(a) | top_k(b)|`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from kerastrace.attribution import metrics
+    >>> metrics.jaccard_top_k(np.array([[3.0, 2.0, 1.0]]), np.array([[3.0, 0.0, 2.0]]), 2)
+    0.3333333333333333
+    """
+    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
+    if a.shape != b.shape:
+        raise v.invalid("b", f"scores of the shape of `a`, {a.shape}", f"shape {b.shape}")
+    k = v.check_positive_int("k", k)
+    if mask is not None:
+        mask = np.broadcast_to(np.atleast_2d(np.asarray(mask, bool)), a.shape)
+    vals = []
+    for i in range(a.shape[0]):
+        keep = np.arange(a.shape[1]) if mask is None else np.flatnonzero(mask[i])
+        kk = min(k, keep.size)
+        if kk == 0:
+            continue
+        ta = set(keep[np.argsort(-np.abs(a[i, keep]), kind="stable")[:kk]].tolist())
+        tb = set(keep[np.argsort(-np.abs(b[i, keep]), kind="stable")[:kk]].tolist())
+        vals.append(len(ta & tb) / len(ta | tb))
+    return float(np.mean(vals)) if vals else 1.0

@@ -25,9 +25,20 @@ import tensorflow as tf
 
 from kerastrace._utils import instrument, tf_compat
 from kerastrace._utils import validation as v
+from kerastrace.attribution._token import describe_inputs as _describe
+from kerastrace.attribution._token import gradient_x_embedding
+from kerastrace.attribution.metrics import jaccard_top_k
+from kerastrace.tensorboard._plugin_data import (
+    method_name,
+    model_probabilities,
+    write_attention_data,
+    write_attribution_data,
+    write_gradient_flow_data,
+)
 from kerastrace.tensorboard._writers import (
     get_writer,
     write_attention,
+    write_error,
     write_head_statistics,
     write_token_attributions,
 )
@@ -88,9 +99,14 @@ class _Guarded(keras.callbacks.Callback):
         try:
             yield
         except Exception as exc:  # noqa: BLE001 - a monitor only stops training if strict
+            # A summary that could not be written (deleted, unwritable or full log
+            # directory) is a failure like any other, under one stable message.
+            written = write_error(exc, getattr(self, "logdir", None), any_oserror=False)
             if self.strict:
+                if written is not None and written is not exc:
+                    raise written from exc
                 raise
-            self._failed(exc, part, hook, disable)
+            self._failed(exc if written is None else written, part, hook, disable)
 
     def _check_at_start(self, part: str, check: Callable[[], None]) -> None:
         """Run `check` when training starts; on failure disable `part` (unless strict)."""
@@ -150,17 +166,6 @@ def _token_ids(probe_inputs):
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
         return None
     return arr
-
-
-def _describe(probe_inputs) -> str:
-    if isinstance(probe_inputs, dict):
-        return "{" + ", ".join(f"{k!r}: {_describe(x)}" for k, x in probe_inputs.items()) + "}"
-    if isinstance(probe_inputs, (tuple, list)):
-        return "(" + ", ".join(_describe(x) for x in probe_inputs) + ")"
-    shape = tuple(getattr(probe_inputs, "shape", np.shape(probe_inputs)))
-    dtype = getattr(probe_inputs, "dtype", None)
-    dtype = getattr(dtype, "name", dtype) or np.asarray(probe_inputs).dtype
-    return f"{dtype}{shape}"
 
 
 def _probe_mask(probe_inputs, mask, pad_id):
@@ -324,6 +329,11 @@ class AttentionMonitor(_Monitor):
         weights, stats = self._statistics()
         self.last_statistics = stats
         write_head_statistics(self.writer, stats, step=epoch)
+        write_attention_data(  # the kerastrace dashboard's attention view
+            self.writer, weights, self.tokens, step=epoch, mask=self.mask, stats=stats,
+            stats_prefix="heads",
+            special=self.special if self._ids is None else np.isin(self._ids, self.special_ids),
+        )
         if self.write_images:
             write_attention(
                 self.writer,
@@ -336,116 +346,6 @@ class AttentionMonitor(_Monitor):
 
 
 # -------------------------------------------------------------- attribution
-
-
-def _top_logit(outputs):
-    """The largest output of each example (the predicted class's logit)."""
-    if isinstance(outputs, dict):
-        outputs = next(iter(outputs.values()))
-    out = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-    out = tf.reshape(tf.cast(out, tf.float32), (tf.shape(out)[0], -1))
-    return tf.reduce_max(out, axis=-1)
-
-
-# One attribution object (so one compiled function) per model: AttributionMonitor
-# calls gradient_x_embedding every epoch. The object holds the model, so it is kept
-# on the model itself (past Keras' attribute tracking) and collected with it; a
-# cache keyed by the model (even a WeakKeyDictionary) would keep the model alive.
-_GXE = "_kerastrace_gradient_x_embedding"
-
-
-def _cached_method(model, probe_inputs):
-    method = getattr(model, _GXE, None)
-    if method is not None and getattr(method, "model", None) is model:
-        return method
-    method = _default_method(model, probe_inputs)
-    try:
-        object.__setattr__(model, _GXE, method)
-    except (AttributeError, TypeError):  # not an object with attributes: no cache
-        pass
-    return method
-
-
-def _is_float_sequence(probe_inputs) -> bool:
-    if isinstance(probe_inputs, (dict, tuple, list)):
-        return False
-    dtype = getattr(probe_inputs, "dtype", None)
-    dtype = tf.as_dtype(dtype) if dtype is not None else None
-    return dtype is not None and dtype.is_floating and len(np.shape(probe_inputs)) == 3
-
-
-def _default_method(model, probe_inputs):
-    """The attribution behind `gradient_x_embedding`, or a ValueError saying what to pass."""
-    from kerastrace.attribution import InputXGradient, LayerGradientXActivation
-
-    emb = instrument.find_token_embedding(model)
-    if emb is not None:
-        return LayerGradientXActivation(model, emb)
-    if _is_float_sequence(probe_inputs):
-        return InputXGradient(model)
-    raise _unsupported(
-        "The default attribution (`gradient_x_embedding`) needs a text model: a "
-        "keras.layers.Embedding applied to integer token-id inputs, or float (B, T, D) "
-        f"sequence inputs. Model {_model_name(model)!r} has no token embedding and its "
-        f"probe inputs are {_describe(probe_inputs)}. Pass `attribution_fn=`, a callable "
-        "fn(model, probe_inputs) -> (B, T) scores, e.g. for a ViT the patch-token scores "
-        "`lambda m, x: token_scores(LayerGradientXActivation(m, '<path of the layer "
-        "returning (B, T, D) patch tokens>').attribute(x, target=0))` (both from "
-        "kerastrace.attribution), or pixel attributions reshaped to (B, H * W)."
-    )
-
-
-def gradient_x_embedding(model, probe_inputs, target=None) -> np.ndarray:
-    """Default token attribution: gradient x input on the token embedding, summed.
-
-    Returns `(B, T)` scores: `sum_d (d score / d e_td) * e_td` where `e` is
-    the output of the model's token embedding (the `keras.layers.Embedding`
-    applied to its integer token-id inputs, found by
-    `kerastrace._utils.instrument.find_token_embedding`, never a position
-    embedding) and `score` the `target` logit (default: the largest output,
-    the predicted class). Models without a token embedding get gradient x
-    input on float `(B, T, D)` inputs. Computed with
-    `kerastrace.attribution.LayerGradientXActivation` (or `InputXGradient`).
-
-    Args:
-        model: A Keras model.
-        probe_inputs: What the model is called on: token ids, a keras-hub
-            dict (`{"token_ids", "padding_mask", ...}`; only the token
-            embedding is attributed), or float `(B, T, D)` sequences.
-        target: As `target` of the attribution methods; None for the
-            largest output of each example.
-
-    Returns:
-        A `(B, T)` float array.
-
-    Raises:
-        ValueError: when the model has no token embedding and the inputs are
-            not float `(B, T, D)` (e.g. an image model): pass your own
-            attribution function to `AttributionMonitor(attribution_fn=...)`.
-    """
-    from kerastrace.attribution import token_scores
-
-    method = _cached_method(model, probe_inputs)
-    attr = method.attribute(probe_inputs, target=_top_logit if target is None else target)
-    return token_scores(np.asarray(attr))
-
-
-def jaccard_top_k(a: np.ndarray, b: np.ndarray, k: int, mask=None) -> float:
-    """Mean Jaccard index of the top-`k` (by |score|) token sets of two `(B, T)` arrays.
-
-    Positions where `mask` is False are left out of the ranking.
-    """
-    a, b = np.atleast_2d(a), np.atleast_2d(b)
-    vals = []
-    for i in range(a.shape[0]):
-        keep = np.arange(a.shape[1]) if mask is None else np.flatnonzero(mask[i])
-        kk = min(k, keep.size)
-        if kk == 0:
-            continue
-        ta = set(keep[np.argsort(-np.abs(a[i, keep]), kind="stable")[:kk]].tolist())
-        tb = set(keep[np.argsort(-np.abs(b[i, keep]), kind="stable")[:kk]].tolist())
-        vals.append(len(ta & tb) / len(ta | tb))
-    return float(np.mean(vals)) if vals else 1.0
 
 
 def _special_spec(probe_inputs, special, special_ids):
@@ -644,6 +544,11 @@ class AttributionMonitor(_Monitor):
                 self.history.append(jac)
                 tf.summary.scalar(tag, jac, step=epoch)
         self.last_scores = scores
+        write_attribution_data(  # the kerastrace dashboard's attribution view
+            self.writer, {method_name(self.attribution_fn): scores}, self.tokens, step=epoch,
+            mask=shown, special=special,
+            probabilities=model_probabilities(self.model, self.probe_inputs),
+        )
         if self.write_images:
             write_token_attributions(
                 self.writer,
@@ -822,6 +727,7 @@ class GradientFlow(_Monitor):
         self.training = v.check_bool("training", training)
         self.last_norms: dict[str, float] = {}
         self._fn = None
+        self._fn_writer = None
 
     def _build(self):
         """One cached tf.function: gradients, per-layer norms and all summaries."""
@@ -849,7 +755,8 @@ class GradientFlow(_Monitor):
 
     def compute_norms(self, step: int = 0, record: bool = True) -> dict[str, float]:
         """Run the probe once: `{layer path: gradient norm}`, written when `record`."""
-        if self._fn is None:
+        if self._fn is None or self._fn_writer is not self.writer:
+            self._fn_writer = self.writer  # a new writer (log directory recreated): rebuild
             self._fn = self._build()
         sw = self.probe_batch[2] if len(self.probe_batch) == 3 else None
         out = self._fn(
@@ -876,6 +783,10 @@ class GradientFlow(_Monitor):
             return
         norms = self.compute_norms(step=epoch)
         self.last_norms = norms
+        write_gradient_flow_data(  # the kerastrace dashboard's gradient-flow view
+            self.writer, norms, step=epoch, vanish_threshold=self.vanish_threshold,
+            explode_threshold=self.explode_threshold,
+        )
         for layer_path, norm in norms.items():
             if not np.isfinite(norm) or norm > self.explode_threshold:
                 logger.warning(

@@ -7,14 +7,15 @@ import pytest
 import tensorflow as tf
 from _tb_events import read_events
 
+import kerastrace.tensorboard as ktb
 from kerastrace.attention import collect, head_statistics
+from kerastrace.attribution import gradient_x_embedding
+from kerastrace.attribution.metrics import jaccard_top_k
 from kerastrace.tensorboard import (
     AttentionMonitor,
     AttributionMonitor,
     GradientFlow,
     ProfileCallback,
-    gradient_x_embedding,
-    jaccard_top_k,
 )
 
 
@@ -136,6 +137,19 @@ def test_jaccard_helper_respects_mask():
     assert jaccard_top_k(a, b, 2) == pytest.approx(1 / 3)
     assert jaccard_top_k(a, b, 2, mask=np.array([[1, 1, 1, 0]], bool)) == pytest.approx(1 / 3)
     assert jaccard_top_k(a, a, 2) == 1.0
+    # by hand: top-2 of a = {0, 3}, of b = {0, 1}; with position 3 masked a -> {0, 2}
+    assert jaccard_top_k(a[0], b[0], 1) == 1.0  # 1-D rows accepted, both pick position 0
+    assert jaccard_top_k(a, b, 2, mask=np.zeros((1, 4), bool)) == 1.0  # nothing ranked
+    with pytest.raises(ValueError, match="`b`"):
+        jaccard_top_k(a, b[:, :3], 2)
+    with pytest.raises(ValueError, match="`k`"):
+        jaccard_top_k(a, b, 0)
+
+
+def test_old_tensorboard_names_are_the_attribution_functions():
+    # moved to kerastrace.attribution; the tensorboard names stay for existing code
+    assert ktb.gradient_x_embedding is gradient_x_embedding
+    assert ktb.jaccard_top_k is jaccard_top_k
 
 
 def test_gradient_flow_norms_match_analytic_and_warn(tmp_path, caplog):
