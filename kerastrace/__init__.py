@@ -35,6 +35,7 @@ _SUBPACKAGES = (
     "generation",
     "influence",
     "io",
+    "apps",
     "testing",
 )
 

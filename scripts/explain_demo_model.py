@@ -4,8 +4,11 @@ Loads the `model.keras` and `vocab.txt` of a run directory written by
 `kerastrace demo` (or, without `--run-dir`, trains a tiny classifier on a
 generated corpus first, in a few seconds), computes Layer Integrated Gradients
 on the token embedding for the predicted class (or `--target`), prints one
-score per word of each sentence and writes `explanation.html` (coloured
-words), one PNG per sentence and `explanation.json` to `--output-dir`.
+score per word of each sentence and writes `explanation.html` (the
+sentence's own words coloured by score, with the prediction, the method and
+a legend: one offline file), one PNG per sentence and `explanation.json` to
+`--output-dir`. `--unsafe` loads a model with Keras' safe mode off (only for
+files you trust).
 
 Example:
     python scripts/explain_demo_model.py --run-dir runs/demo "the plot was long but the acting was superb"
@@ -15,12 +18,12 @@ Example:
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Keep TensorFlow's C++ start-up lines off stderr (as the `kerastrace` command does).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 DEFAULT_SENTENCE = "the acting was superb and the plot was long"
 
@@ -48,8 +51,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--steps", type=int, default=64, help="integration steps of LIG (default: 64)"
     )
-    parser.add_argument("--unsafe-deserialization", action="store_true",
+    parser.add_argument("--unsafe", action="store_true",
                         help="load the model with Keras safe mode off (only for files you trust)")  # fmt: skip
+    # the old spelling, kept working but no longer listed
+    parser.add_argument("--unsafe-deserialization", dest="unsafe", action="store_true",
+                        help=argparse.SUPPRESS)  # fmt: skip
     tiny = parser.add_argument_group("training without --run-dir")
     tiny.add_argument(
         "--train-size", type=int, default=1200, help="generated sentences (default: 1200)"
@@ -82,16 +88,42 @@ def parse_args(argv=None):
     return args
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with file descriptor 2 pointed at /dev/null, as `kerastrace` does.
+
+    TensorFlow 2.21 writes its start-up lines (oneDNN, CUDA probing) from C++
+    before `TF_CPP_MIN_LOG_LEVEL` is read; silencing fd 2 while it loads keeps
+    them off stderr. Python errors are unaffected (stderr is restored at once).
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured)
+        fd = None
+    saved = os.dup(fd) if fd is not None else None
+    devnull = os.open(os.devnull, os.O_WRONLY) if fd is not None else None
+    try:
+        if fd is not None:
+            sys.stderr.flush()
+            os.dup2(devnull, fd)
+        import tensorflow
+
+        tensorflow.config.list_physical_devices()  # device probing logs here too
+    finally:
+        if fd is not None:
+            os.dup2(saved, fd)
+            os.close(saved)
+            os.close(devnull)
+
+
 def load_run(run_dir: str, unsafe: bool):
     """The demo's model and tokenizer."""
-    import keras
-
-    import kerastrace.layers  # noqa: F401  (registers the layers for deserialization)
+    from kerastrace.io import load_model
     from kerastrace.text import Tokenizer
 
-    model = keras.saving.load_model(
-        os.path.join(run_dir, "model.keras"), compile=False, safe_mode=not unsafe
-    )
+    try:
+        model = load_model(os.path.join(run_dir, "model.keras"), safe_mode=not unsafe)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     length = model.inputs[0].shape[1]
     tokenizer = Tokenizer(os.path.join(run_dir, "vocab.txt"), sequence_length=length)
     return model, tokenizer
@@ -123,26 +155,10 @@ def train_tiny(train_size: int, epochs: int, sequence_length: int, negation_rate
     return model, tokenizer
 
 
-def html_page(items) -> str:
-    rows = []
-    for it in items:
-        rows.append(
-            f"<h3>{html.escape(it['sentence'])}</h3>\n"
-            f"<p>predicted class {it['predicted']} (p={it['probability']:.3f}); "
-            f"explained class {it['target']}; completeness delta {it['delta']:+.2e}</p>\n"
-            f"{it['html']}"
-        )
-    body = "\n<hr>\n".join(rows)
-    return (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
-        "<title>kerastrace: Layer Integrated Gradients</title></head>\n"
-        f"<body>\n<h2>Layer Integrated Gradients on the token embedding</h2>\n{body}\n</body></html>\n"
-    )
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     sentences = args.sentences or [DEFAULT_SENTENCE]
+    import_tensorflow_quietly()
 
     import matplotlib
 
@@ -153,10 +169,11 @@ def main(argv=None) -> int:
 
     from kerastrace import text
     from kerastrace import visualization as viz
-    from kerastrace.explain import find_token_embedding, token_attributions
+    from kerastrace.apps.explain import find_token_embedding, token_attributions
+    from kerastrace.io import atomic_write
 
     if args.run_dir:
-        model, tokenizer = load_run(args.run_dir, args.unsafe_deserialization)
+        model, tokenizer = load_run(args.run_dir, args.unsafe)
     else:
         model, tokenizer = train_tiny(
             args.train_size, args.epochs, args.sequence_length, args.negation_rate, args.seed
@@ -209,7 +226,8 @@ def main(argv=None) -> int:
         fig, _ = viz.plot_token_attributions(
             w_scores, w_text, title=f"class {targets[i]}: {sentence[:60]}"
         )
-        fig.savefig(png, dpi=120, bbox_inches="tight")
+        atomic_write(png, lambda f, fig=fig: fig.savefig(f, format="png", dpi=120,
+                                                          bbox_inches="tight"))
         plt.close(fig)
         items.append(
             {
@@ -220,14 +238,17 @@ def main(argv=None) -> int:
                 "delta": float(delta[i]),
                 "truncated": bool(tok.truncated[i]),
                 "words": [{"word": w.word, "span": list(w.span), "score": w.score} for w in ws],
-                "html": str(viz.token_attributions_html(w_scores, w_text)),
                 "png": os.path.basename(png),
             }
         )
-    with open(os.path.join(args.output_dir, "explanation.html"), "w", encoding="utf-8") as f:
-        f.write(html_page(items))
-    with open(os.path.join(args.output_dir, "explanation.json"), "w", encoding="utf-8") as f:
-        json.dump([{k: v for k, v in it.items() if k != "html"} for it in items], f, indent=2)
+    viz.attributions_page(
+        {"integrated_gradients": words}, texts=sentences, probabilities=probs,
+        targets=targets, deltas={"integrated_gradients": delta},
+        title="kerastrace: Layer Integrated Gradients on the token embedding",
+        intro=f"{args.steps} integration steps; each word's score is the sum over its "
+        "word pieces. Baseline: every word piece replaced by padding, [CLS]/[SEP] kept.",
+    ).save(os.path.join(args.output_dir, "explanation.html"))
+    atomic_write(os.path.join(args.output_dir, "explanation.json"), json.dumps(items, indent=2))
     print(
         f"\nwrote explanation.html, explanation.json and {len(items)} PNG file(s) to {args.output_dir}"
     )

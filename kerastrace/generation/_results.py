@@ -19,17 +19,6 @@ def _escape(s) -> str:
     return html.escape(str(s), quote=True)
 
 
-def _color(x, vmax):
-    """Diverging colour (red positive, blue negative) with a text colour that reads on it."""
-    t = 0.0 if vmax <= 0 else max(-1.0, min(1.0, float(x) / vmax))
-    if t >= 0:
-        r, g, b = 255, int(255 * (1 - 0.75 * t)), int(255 * (1 - 0.75 * t))
-    else:
-        r, g, b = int(255 * (1 + 0.75 * t)), int(255 * (1 + 0.75 * t)), 255
-    text = "#fff" if abs(t) > 0.6 else "#111"
-    return f"background:rgb({r},{g},{b});color:{text}"
-
-
 @dataclasses.dataclass
 class GenerationTrace:
     """Where every generated token came from.
@@ -115,83 +104,35 @@ class GenerationTrace:
             _write(path, text)
         return text
 
-    def to_html(self, example: int | None = None) -> str:
+    def to_html(self, path=None, example: int | None = None) -> str:
         """One self-contained HTML page: generated text coloured by step probability.
 
         Hover or click a generated token to colour the tokens it came from
-        (red: supported it, blue: spoke against it). No network needed.
+        (red: supported it, blue: spoke against it; a tiny inline script);
+        a table lists every step's strongest sources, and each token's
+        tooltip gives its probability, rank and entropy. No network needed.
+        In a notebook the trace displays itself (`_repr_html_`, the same
+        view without the script).
+
+        Args:
+            path: When given, the page is also written there
+                (`kerastrace.io.atomic_write`).
+            example: One example's index, or None for all.
+
+        Returns:
+            The page (a `str`).
         """
-        parts = []
-        for i in range(len(self)) if example is None else [example]:
-            toks = self._tokens(i)
-            p_len = len(self.prompt_ids[i])
-            src = self.sources[i]
-            prob = self.steps[i]["probability"]
-            spans = []
-            for j, t in enumerate(toks):
-                if j < p_len:
-                    spans.append(f"<span class='tok' data-pos='{j}'>{_escape(t)}</span>")
-                else:
-                    k = j - p_len
-                    p = float(prob[k])
-                    style = f"background:rgba(0,128,0,{0.15 + 0.6 * p:.2f})"
-                    title = (f"p={p:.3f}, rank {int(self.steps[i]['rank'][k])}, "
-                             f"entropy {float(self.steps[i]['entropy'][k]):.2f}")
-                    spans.append(
-                        f"<span class='tok gen' data-pos='{j}' data-step='{k}' "
-                        f"style='{style}' title='{_escape(title)}'>{_escape(t)}</span>"
-                    )
-            rows = json.dumps([_floats(r) for r in src])
-            heading = _escape(self.prompt_texts[i]) if self.prompt_texts else f"example {i}"
-            parts.append(
-                f"<div class='ex' data-src='{_escape(rows)}'><h3>{heading}</h3>"
-                f"<p class='text'>{' '.join(spans)}</p></div>"
-            )
-        legend = (
-            "<p class='legend'>Generated tokens are shaded green by their probability. "
-            "Hover or click one: earlier tokens turn <span style='background:#f88'>red</span> "
-            "when they supported it and <span style='background:#88f'>blue</span> when they "
-            f"spoke against it. Method: {_escape(self.method)}, score: "
-            f"{_escape(self.score)}.</p>"
-        )
-        script = """
-<script>
-document.querySelectorAll('.ex').forEach(function(ex){
-  var src = JSON.parse(ex.dataset.src);
-  function show(step){
-    var row = src[step] || [];
-    var vmax = Math.max.apply(null, row.map(Math.abs).concat([1e-12]));
-    ex.querySelectorAll('.tok').forEach(function(el){
-      if (el.classList.contains('gen') && +el.dataset.step === step) {
-        el.style.outline = '2px solid #000'; return; }
-      if (el.classList.contains('gen')) el.style.outline = '';
-      var x = row[+el.dataset.pos] || 0, t = x / vmax;
-      if (el.classList.contains('gen') && +el.dataset.pos >= row.length) return;
-      el.dataset.score = x.toFixed(4);
-      if (!el.classList.contains('gen')) {
-        var c = t >= 0 ? 'rgba(230,60,60,' + t + ')' : 'rgba(60,60,230,' + (-t) + ')';
-        el.style.background = c; el.style.color = Math.abs(t) > 0.6 ? '#fff' : '#111';
-      }
-    });
-  }
-  ex.querySelectorAll('.gen').forEach(function(el){
-    el.addEventListener('mouseenter', function(){ show(+el.dataset.step); });
-    el.addEventListener('click', function(){ show(+el.dataset.step); });
-  });
-});
-</script>"""
-        style = (
-            "<style>.tok{padding:1px 3px;border-radius:3px;margin:1px;display:inline-block;"
-            "font-family:monospace}.gen{cursor:pointer}.legend{color:#444;font-size:90%}</style>"
-        )
-        return (
-            "<!DOCTYPE html><html><head><meta charset='utf-8'><title>kerastrace generation"
-            f"</title>{style}</head><body><h2>kerastrace: where each generated token came "
-            f"from</h2>{legend}{''.join(parts)}{script}</body></html>"
-        )
+        from kerastrace.visualization import generation_page, write_html
+
+        page = generation_page(self, example)
+        if path is not None:
+            write_html(path, page)
+        return str(page)
 
     def _repr_html_(self) -> str:
-        return self.to_html()
+        from kerastrace.visualization import generation_html
+
+        return str(generation_html(self))
 
     def plot(self, example: int = 0, ax=None):
         """The generated-token x token matrix of one example; returns `(fig, ax)`."""
@@ -217,13 +158,14 @@ document.querySelectorAll('.ex').forEach(function(ex){
         fig.colorbar(im, ax=ax, label="contribution")
         return fig, ax
 
-    def to_tensorboard(self, logdir, step: int = 0, name: str = "generation"):
+    def to_tensorboard(self, logdir, step: int = 0, name: str = "generation", id_to_token=None):
         """Write a text summary (tokens, step scores, top sources) and the matrix image.
 
         Also writes the trace for the generation view of the kerastrace
         TensorBoard dashboard (`kerastrace.tensorboard.write_generation_data`,
         tag `"kerastrace/<name>"`): tokens coloured by step score, click one
-        to see its sources.
+        to see its sources. `id_to_token` (a callable id -> string, e.g. a
+        tokenizer's `id_to_token`) names each step's most likely alternatives.
         """
         import tensorflow as tf
 
@@ -245,7 +187,7 @@ document.querySelectorAll('.ex').forEach(function(ex){
                 tf.summary.text(f"{name}/example_{i}", "\n".join(lines))
                 fig, _ = self.plot(i)
                 tf.summary.image(f"{name}/example_{i}/sources", _figure_image(fig))
-        write_generation_data(writer, self, step=step, name=name)
+        write_generation_data(writer, self, step=step, name=name, id_to_token=id_to_token)
         writer.flush()
 
 
@@ -376,10 +318,11 @@ class HeadImportance:
         else:
             fig = ax.figure
         im = ax.imshow(self.normalized, cmap="magma", aspect="auto")
-        ax.set_yticks(range(len(self.layers)), self.layers, fontsize=7)
+        ax.set_yticks(range(len(self.layers)), [_mathsafe(x) for x in self.layers], fontsize=7)
+        ax.set_xticks(range(self.normalized.shape[1]))
         ax.set_xlabel("head")
         ax.set_title("head importance |dL/d gate| (normalized per layer)", fontsize=10)
-        fig.colorbar(im, ax=ax)
+        fig.colorbar(im, ax=ax, label="normalized importance")
         return fig, ax
 
 

@@ -465,51 +465,39 @@ class ModelProfile:
         )
 
     # ------------------------------------------------------------------ pictures
-    def plot(self, ax=None, top_k: int = 20, leaves_only: bool = True):
-        """Bar chart of each layer's share of FLOPs and of measured time.
+    def plot(self, ax=None, top_k: int = 20, depth: int | None = None, sort_by: str | None = None):
+        """Bar chart of each layer's share of the FLOPs and of the measured time.
+
+        Sublayers are folded into their parent: each bar is a layer with
+        everything inside it (an attention layer with its dropout), so no
+        layer is left out and nothing is counted twice; ops outside every
+        layer are one more bar, and layers with neither FLOPs nor time are
+        left out (`kerastrace.visualization.plot_profile`).
 
         Args:
             ax: Matplotlib axes to draw on; a new figure when `None`.
-            top_k: Number of layers shown (largest FLOPs first).
-            leaves_only: Plot layers without sublayers (their own work) rather
-                than every row.
+            top_k: Number of layers shown (largest first).
+            depth: Show the layers at this depth (1: the model's own layers),
+                deeper ones folded into them. Default: the deepest depth at
+                which at most `top_k` rows have FLOPs or time (a layer whose
+                sublayers hold less than half of its total stays whole).
+            sort_by: `"time_ms"` or `"flops"`; default: time when measured.
 
         Returns:
             `(fig, ax)`.
         """
-        from kerastrace._utils.lazy import pyplot
+        from kerastrace.visualization import plot_profile
 
-        top_k = v.check_positive_int("top_k", top_k)
-        parents = {r.path.rpartition("/")[0] for r in self.layers if r.depth > 0}
-        rows = [r for r in self.layers if not leaves_only or r.path not in parents]
-        rows = sorted(rows, key=lambda r: r.self_flops, reverse=True)[:top_k][::-1]
-        if ax is None:
-            fig, ax = pyplot().subplots(figsize=(8, max(2.5, 0.3 * len(rows) + 1)))
-        else:
-            fig = ax.figure
-        total_f = max(self.total_flops, 1)
-        y = list(range(len(rows)))
-        h = 0.4
-        ax.barh([i + h / 2 for i in y], [100 * r.self_flops / total_f for r in rows], h,
-                label="FLOPs %")  # fmt: skip
-        if self.time_available and self.total_time_ms:
-            ax.barh([i - h / 2 for i in y],
-                    [100 * (r.self_time_ms or 0) / self.total_time_ms for r in rows], h,
-                    label="time %")  # fmt: skip
-        ax.set_yticks(y)
-        ax.set_yticklabels([_literal(r.label) for r in rows], fontsize=8)
-        ax.set_xlabel("share of the model (%)")
-        ax.set_title(
-            _literal(f"{self.model_name}: FLOPs and time per layer (batch {self.batch_size})")
-        )
-        ax.legend(loc="lower right")
-        return fig, ax
+        what = "FLOPs and time" if self.time_available and self.total_time_ms else "FLOPs"
+        title = _literal(f"{self.model_name}: {what} per layer (batch {self.batch_size})")
+        return plot_profile(self, ax, top_k=top_k, sort_by=sort_by, depth=depth, title=title)
 
     def to_tensorboard(self, logdir: str, step: int = 0) -> str:
-        """Write the table (text summary) and the chart (image summary) to `logdir`.
+        """Write the table (text summary), the chart (image summary) and the data of the
+        kerastrace dashboard's profile view (sortable, collapsible) to `logdir`.
 
         The trace captured by `profile_model(..., logdir=logdir)` is already in
-        `logdir/plugins/profile/`, so TensorBoard shows all three.
+        `logdir/plugins/profile/`, so TensorBoard's Profile tab shows it too.
 
         Returns:
             `logdir`.
@@ -529,6 +517,9 @@ class ModelProfile:
             tf.summary.text("kerastrace/profile_table", text, step=step)
             tf.summary.image("kerastrace/profile_chart", image, step=step)
         writer.flush()
+        from kerastrace.tensorboard import write_profile_data
+
+        write_profile_data(writer, self, step=step)  # the kerastrace dashboard's profile view
         writer.close()
         return logdir
 

@@ -83,8 +83,15 @@ class DatasetSummary:
     class_token_mean_abs: np.ndarray | None = None
     delta: dict | None = None
 
-    def top_tokens(self, k: int = 10, min_count: int = 1, vocabulary=None, signed=False):
+    def top_tokens(
+        self, k: int = 10, min_count: int = 1, vocabulary=None, signed=False, exclude_ids=None
+    ):
         """The `k` vocabulary ids with the largest mean `|score|` (or signed mean).
+
+        Special tokens (`[CLS]`, `[SEP]`, padding) often carry large scores
+        that say nothing about the text; they are left out when `vocabulary`
+        is a `kerastrace.text.Tokenizer` (its `pad_id`, `cls_id`, `sep_id`)
+        and whenever listed in `exclude_ids`.
 
         Args:
             k: How many.
@@ -92,6 +99,9 @@ class DatasetSummary:
             vocabulary: Optional id -> token list (or a `Tokenizer` with
                 `id_to_token`) to return token strings.
             signed: Rank by the signed mean instead of the mean magnitude.
+            exclude_ids: Ids never ranked (e.g. `[tokenizer.pad_id, 101]`);
+                None: the special ids of a `Tokenizer` vocabulary, else none.
+                Pass `()` to rank every id.
 
         Returns:
             A list of `(token_or_id, score, count)`, best first.
@@ -105,6 +115,20 @@ class DatasetSummary:
         k = v.check_positive_int("k", k)
         score = self.token_mean if signed else self.token_mean_abs
         ok = self.token_counts >= min_count
+        if exclude_ids is None:
+            exclude_ids = [
+                getattr(vocabulary, name) for name in ("pad_id", "cls_id", "sep_id")
+                if isinstance(getattr(vocabulary, name, None), (int, np.integer))
+            ]
+        try:
+            excluded = np.asarray(list(exclude_ids), dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError):
+            raise v.invalid(
+                "exclude_ids", "an iterable of integer token ids", exclude_ids
+            ) from None
+        excluded = excluded[(excluded >= 0) & (excluded < ok.size)]
+        ok = ok.copy()
+        ok[excluded] = False
         order = [i for i in np.argsort(-np.where(ok, score, -np.inf), kind="stable") if ok[i]]
         out = []
         for i in order[:k]:

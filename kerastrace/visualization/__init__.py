@@ -1,4 +1,4 @@
-"""Matplotlib pictures of attention, attributions and profiles.
+"""Matplotlib pictures of attention, attributions and profiles; self-contained HTML views.
 
 `matplotlib.pyplot` is imported on the first plot call, not on import. Every
 function takes `ax=None` (multi-axes ones `fig=None`), returns `(fig, ax)` and
@@ -9,6 +9,12 @@ escaped, so matplotlib never reads them as mathtext (`"$5"`, `"$x^2$"` are
 shown literally); the HTML views escape every token (`html.escape`) and ask
 Jupyter's MathJax to leave them alone. Titles passed as `title=` are the
 caller's own and keep matplotlib's mathtext.
+
+The HTML views (`attribution_html`, `explanation_html`, `generation_html`,
+their pages, `dashboard_html`) are one file each, with no network: they
+back the result objects' `_repr_html_`/`to_html`, the command line, the
+demo and the scripts. Their colours come from one diverging palette whose
+text colour (black or white) keeps a contrast ratio of at least 4.5.
 
 Example:
 
@@ -26,17 +32,51 @@ from kerastrace.visualization._attention import (
     plot_rollout,
 )
 from kerastrace.visualization._attribution import (
-    TokenAttributionsHTML,
     plot_feature_attributions,
     plot_image_attribution,
     plot_profile,
     plot_token_attributions,
     profile_rows,
+)
+from kerastrace.visualization._html import (
+    HTMLView,
+    TokenAttributionsHTML,
+    attribution_html,
+    attributions_page,
+    contrast_ratio,
+    dashboard_html,
+    diverging_color,
+    explanation_html,
+    explanations_page,
+    generation_html,
+    generation_page,
+    html_page,
+    legend_html,
+    relative_luminance,
+    sequential_color,
+    text_color,
     token_attributions_html,
+    write_html,
 )
 
 __all__ = [
+    "HTMLView",
     "TokenAttributionsHTML",
+    "attribution_html",
+    "attributions_page",
+    "contrast_ratio",
+    "dashboard_html",
+    "diverging_color",
+    "explanation_html",
+    "explanations_page",
+    "generation_html",
+    "generation_page",
+    "html_page",
+    "legend_html",
+    "relative_luminance",
+    "sequential_color",
+    "text_color",
+    "write_html",
     "plot_attention_head",
     "plot_feature_attributions",
     "plot_head_statistics",

@@ -86,6 +86,21 @@ def test_planted_word_tops_the_vocabulary_ranking():
     # the output is the sum of the embedding values (gradient 1), the baseline id 0
     # embeds to 0: IG per occurrence == table[id]
     assert s.top_tokens(1)[0][0] == 3
+    # excluded ids are never ranked: without 3 the next are the 0.1-valued ids
+    nxt = s.top_tokens(2, exclude_ids=[3])
+    assert 3 not in [t for t, _, _ in nxt] and nxt[0][1] == pytest.approx(0.1, rel=1e-4)
+
+    class _Tok:  # a Tokenizer-like vocabulary: its special ids are left out by default
+        pad_id, cls_id, sep_id = 0, 3, 7
+
+        def id_to_token(self, i):
+            return f"t{i}"
+
+    assert [t for t, _, _ in s.top_tokens(7, vocabulary=_Tok())] and all(
+        t not in ("t0", "t3", "t7") for t, _, _ in s.top_tokens(7, vocabulary=_Tok()))
+    assert s.top_tokens(1, vocabulary=_Tok(), exclude_ids=())[0][0] == "t3"
+    with pytest.raises(ValueError, match="exclude_ids"):
+        s.top_tokens(2, exclude_ids=["a"])
     np.testing.assert_allclose(s.token_mean_abs[3], 5.0, rtol=1e-5)
     np.testing.assert_allclose(s.token_mean_abs[[1, 2, 4]], 0.1, rtol=1e-4)
     assert s.delta["max_abs"] < 1e-4

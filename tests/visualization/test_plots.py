@@ -141,18 +141,27 @@ def test_token_text_wraps_and_masks():
     toks = [f"token{i}" for i in range(40)]
     fig, ax = viz.plot_token_attributions(np.linspace(-1, 1, 40), toks, mask=np.arange(40) < 30)
     assert len(ax.texts) == 30
-    ys = {round(t.get_position()[1], 4) for t in ax.texts}
-    assert len(ys) > 1
-    assert all(0.0 < y < 1.0 for y in ys)
-    assert max(t.get_position()[0] for t in ax.texts) < 1.0
+    fig.canvas.draw()
+    boxes = [t.get_bbox_patch().get_window_extent() for t in ax.texts]
+    rows = sorted({round(b.y0) for b in boxes}, reverse=True)
+    assert len(rows) > 1  # wrapped onto several lines
+    area = ax.get_window_extent()
+    for b in boxes:  # every token box inside the axes
+        assert area.x0 - 1 <= b.x0 and b.x1 <= area.x1 + 1
+        assert area.y0 - 1 <= b.y0 and b.y1 <= area.y1 + 1
+    # reading order: left to right within a line, lines top down
+    order = sorted(range(30), key=lambda i: (-round(boxes[i].y0), boxes[i].x0))
+    assert order == list(range(30))
 
 
 def test_token_html_snippet():
     html = viz.token_attributions_html([2.0, -1.0, 0.0], ["<b>", "x", "PADTOK"], mask=[1, 1, 0])
     assert isinstance(html, str) and html._repr_html_() == html
     assert "<script" not in html and "&lt;b&gt;" in html and "PADTOK" not in html
-    assert "background-color:#ff0000" in html  # full red for the max
-    assert "background-color:#7f7fff" in html or "background-color:#8080ff" in html
+    # full red (RdBu's end, #b2182b) with white text for the max; half way to blue
+    # (#2166ac) from #f7f7f7 for -1 of 2: (140, 174.5, 209.5), black text on it
+    assert "background:#b2182b;color:#ffffff" in html
+    assert "background:#8caed2;color:#000000" in html
 
 
 def test_image_attribution_overlay_and_heatmap():
@@ -193,12 +202,14 @@ def test_profile_chart_duck_typed():
         SimpleNamespace(path="dense", class_name="Dense", flops=100, params=5, time_ms=0.3),
     ]
     fig, ax = viz.plot_profile(SimpleNamespace(rows=rows), top_k=2)
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["block/attention", "dense"]
+    # the largest on top: tick labels are listed bottom to top
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["dense", "block/attention"]
     widths = sorted(round(p.get_width(), 6) for p in ax.patches)
     assert widths == [10.0, 30.0, 60.0, 90.0]
     _not_blank(_png(fig))
     fig, ax = viz.plot_profile([{"path": "a", "flops": 3}, {"path": "b", "flops": 1}])
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "a"]
+    assert len(ax.patches) == 2  # no time bars when nothing was timed
     with pytest.raises(TypeError, match="profile"):
         viz.plot_profile("nope")
     with pytest.raises(ValueError, match="top_k"):

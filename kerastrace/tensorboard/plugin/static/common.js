@@ -155,7 +155,10 @@ function luminance([r, g, b]) {
 
 /** Text colour that reads on an [r, g, b] background. */
 export function textOn(rgb) {
-  return luminance(rgb) > 0.36 ? '#111' : '#fff';
+  // Black or white, whichever contrasts more (WCAG ratio (L1 + 0.05) / (L2 + 0.05)):
+  // black wins above L = sqrt(1.05 * 0.05) - 0.05 ~ 0.179.
+  const l = luminance(rgb);
+  return (l + 0.05) / 0.05 >= 1.05 / (l + 0.05) ? '#000' : '#fff';
 }
 
 const RED = [178, 24, 43];
