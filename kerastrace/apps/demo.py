@@ -391,7 +391,7 @@ def run_demo(
     files.extend(f"checkpoints/{name}" for name in sorted(os.listdir(ckpt_dir)))
 
     # the dashboard's views (attention, attributions, profile, gradient flow) in one file
-    viz.dashboard_html(tb_dir, out("dashboard.html"), title="kerastrace demo dashboard")
+    tensorboard.dashboard_html(tb_dir, out("dashboard.html"), title="kerastrace demo dashboard")
     save_atomically(out("model.keras"), model.save)
     save_atomically(out("vocab.txt"), lambda path: text.save_vocabulary(vocab, path))
     atomic_write(out("train.tsv"), "".join(

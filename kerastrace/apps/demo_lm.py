@@ -143,8 +143,8 @@ def run_lm_demo(
     from kerastrace import attention, generation, profiling, tensorboard, text
     from kerastrace.apps.demo import save_atomically, save_png
     from kerastrace.io import atomic_write
+    from kerastrace.tensorboard import dashboard_html
     from kerastrace.testing.data import make_recall_corpus
-    from kerastrace.visualization import dashboard_html
 
     run_dir = os.path.join(output_dir, "lm")
     os.makedirs(run_dir, exist_ok=True)

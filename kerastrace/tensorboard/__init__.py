@@ -46,6 +46,10 @@ _EXPORTS = {
     "write_gradient_flow_data": "_plugin_data",
     "write_model_graph": "_plugin_data",
     "write_profile_data": "_plugin_data",
+    "dashboard_html": "plugin._standalone",
+    "dashboard_data": "plugin._standalone",
+    "open_command": "_command",
+    "tensorboard_command": "_command",
 }
 
 __all__ = sorted(_EXPORTS, key=str.lower)

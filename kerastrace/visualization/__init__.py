@@ -11,7 +11,7 @@ Jupyter's MathJax to leave them alone. Titles passed as `title=` are the
 caller's own and keep matplotlib's mathtext.
 
 The HTML views (`attribution_html`, `explanation_html`, `generation_html`,
-their pages, `dashboard_html`) are one file each, with no network: they
+their pages) are one file each, with no network: they
 back the result objects' `_repr_html_`/`to_html`, the command line, the
 demo and the scripts. Their colours come from one diverging palette whose
 text colour (black or white) keeps a contrast ratio of at least 4.5.
@@ -44,7 +44,6 @@ from kerastrace.visualization._html import (
     attribution_html,
     attributions_page,
     contrast_ratio,
-    dashboard_html,
     diverging_color,
     explanation_html,
     explanations_page,
@@ -65,7 +64,6 @@ __all__ = [
     "attribution_html",
     "attributions_page",
     "contrast_ratio",
-    "dashboard_html",
     "diverging_color",
     "explanation_html",
     "explanations_page",

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import kerastrace.tensorboard as ktb
 from kerastrace import visualization as viz
 from kerastrace.explain import TextExplanation
 from kerastrace.generation._results import GenerationTrace
@@ -467,7 +468,7 @@ def logdir(tmp_path_factory):
 def test_dashboard_html_inlines_the_plugin_and_the_data(logdir, tmp_path):
     from kerastrace.tensorboard.plugin._plugin import STATIC_DIR
 
-    page = viz.dashboard_html(logdir, tmp_path / "dash.html")
+    page = ktb.dashboard_html(logdir, tmp_path / "dash.html")
     assert (tmp_path / "dash.html").read_text(encoding="utf-8") == page
     assert_offline(page)
     root = parse(page)
@@ -490,10 +491,10 @@ def test_dashboard_html_inlines_the_plugin_and_the_data(logdir, tmp_path):
     assert root.find_all("style")[0].attrs["id"] == "kt-style"
     assert root.find_all("style")[0].text() == css
     with pytest.raises(ValueError, match="argument `logdir`"):
-        viz.dashboard_html(tmp_path / "empty")
+        ktb.dashboard_html(tmp_path / "empty")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no kerastrace records"):
-        viz.dashboard_html(tmp_path / "empty")
+        ktb.dashboard_html(tmp_path / "empty")
 
 
 # ------------------------------------------------------------------ in a real browser
@@ -574,7 +575,7 @@ def test_dashboard_file_works_without_a_server(browser, logdir, tmp_path):
     from selenium.webdriver.common.by import By
 
     path = tmp_path / "dashboard.html"
-    viz.dashboard_html(logdir, path)
+    ktb.dashboard_html(logdir, path)
     _open(browser, path)
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".kt-tab"))
     counts = {t.get_attribute("data-view"): int(t.get_attribute("data-count"))

@@ -1,7 +1,7 @@
 // Shared helpers of the kerastrace dashboard: data access, DOM building, colours, charts.
 // Plain ES module, no dependencies, no network beyond the plugin's own routes.
 
-// In a page written by kerastrace.visualization.dashboard_html the plugin's answers are
+// In a page written by kerastrace.tensorboard.dashboard_html the plugin's answers are
 // inlined (window.KT_DATA) and the modules load from blob: URLs (no base URL to resolve).
 const INLINED = globalThis.KT_DATA || null;
 const BASE = INLINED ? null : new URL('../', import.meta.url);  // /data/plugin/kerastrace/
