@@ -88,33 +88,6 @@ def parse_args(argv=None):
     return args
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with file descriptor 2 pointed at /dev/null, as `kerastrace` does.
-
-    TensorFlow 2.21 writes its start-up lines (oneDNN, CUDA probing) from C++
-    before `TF_CPP_MIN_LOG_LEVEL` is read; silencing fd 2 while it loads keeps
-    them off stderr. Python errors are unaffected (stderr is restored at once).
-    """
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured)
-        fd = None
-    saved = os.dup(fd) if fd is not None else None
-    devnull = os.open(os.devnull, os.O_WRONLY) if fd is not None else None
-    try:
-        if fd is not None:
-            sys.stderr.flush()
-            os.dup2(devnull, fd)
-        import tensorflow
-
-        tensorflow.config.list_physical_devices()  # device probing logs here too
-    finally:
-        if fd is not None:
-            os.dup2(saved, fd)
-            os.close(saved)
-            os.close(devnull)
-
-
 def load_run(run_dir: str, unsafe: bool):
     """The demo's model and tokenizer."""
     from kerastrace.io import load_model
@@ -158,7 +131,9 @@ def train_tiny(train_size: int, epochs: int, sequence_length: int, negation_rate
 def main(argv=None) -> int:
     args = parse_args(argv)
     sentences = args.sentences or [DEFAULT_SENTENCE]
-    import_tensorflow_quietly()
+    from kerastrace.cli import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # TensorFlow's C++ start-up lines kept off stderr
 
     import matplotlib
 

@@ -7,6 +7,10 @@ Example:
 import argparse
 import os
 
+# Keep TensorFlow's C++ start-up lines off stderr, as the `kerastrace` command does
+# (a value the user set is kept).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -15,11 +19,16 @@ def main(argv=None):
     parser.add_argument("--depth", type=int, default=None, help="fold layers below this depth")
     parser.add_argument("--sort-by", default=None, help="flops, time, params, self_time, ...")
     parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--logdir", default=None, help="where the tf.profiler trace goes")
+    parser.add_argument("--logdir", default=None,
+                        help="where the tf.profiler trace goes (default: a new temporary "
+                        "directory, kerastrace_profile_*, printed with the table)")
     parser.add_argument("--no-trace", action="store_true", help="FLOPs/params only")
     parser.add_argument("--format", choices=["table", "json", "csv"], default="table")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from kerastrace.cli import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # before anything imports TensorFlow
 
     import keras
 

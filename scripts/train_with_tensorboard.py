@@ -15,7 +15,9 @@ import os
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Keep TensorFlow's C++ start-up lines off stderr, as the `kerastrace` command does
+# (a value the user set is kept).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def build_model(seq_len: int, vocab: int, dim: int, seed: int):
@@ -54,13 +56,19 @@ def make_data(n: int, seq_len: int, vocab: int, seed: int):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--logdir", default=None, help="log directory (default: a temp dir)")
+    parser.add_argument("--logdir", default=None,
+                        help="log directory (default: a new temporary directory, "
+                        "kerastrace_tb_*, printed at the end)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--seq-len", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-profile", action="store_true", help="skip the profiler trace")
     args = parser.parse_args(argv)
+
+    from kerastrace.cli import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # before anything imports TensorFlow
 
     from kerastrace.attention import collect, head_statistics
     from kerastrace.tensorboard import (

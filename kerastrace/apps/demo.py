@@ -83,8 +83,9 @@ class DemoResult:
     neighbors: list = dataclasses.field(default_factory=list)
     influence: list = dataclasses.field(default_factory=list)
 
-    def summary(self) -> str:
-        """A few lines for a terminal."""
+    def summary(self, dashboard: bool = True) -> str:
+        """A few lines for a terminal, ending with the files written and, with
+        `dashboard=True`, the command that opens the dashboard."""
         lines = [f"test accuracy: {self.accuracy:.3f}"]
         lines.append(
             "share of [CLS] attention on the planted sentiment word "
@@ -127,7 +128,7 @@ class DemoResult:
                         f"  {word:<9} label {e['label']} score {e['score']:+.3g}  {e['text']!r}"
                     )
         lines += files_lines(self.run_dir, self.files)
-        if self.tensorboard_logdir:
+        if self.tensorboard_logdir and dashboard:
             lines += dashboard_lines(
                 self.tensorboard_logdir,
                 "attention, attributions, profile and gradient flow, interactively",

@@ -58,7 +58,9 @@ class LMDemoResult:
     files: list
     tensorboard_logdir: str = ""
 
-    def summary(self) -> str:
+    def summary(self, dashboard: bool = True) -> str:
+        """A few lines for a terminal, ending with the files written and, with
+        `dashboard=True`, the command that opens the dashboard."""
         lines = [
             f"language model demo (key-value recall): answer accuracy {self.accuracy:.3f}",
             "true source ranked first among the context tokens, per method:",
@@ -77,7 +79,7 @@ class LMDemoResult:
         from kerastrace.apps.demo import dashboard_lines, files_lines
 
         lines += files_lines(self.run_dir, self.files)
-        if self.tensorboard_logdir:
+        if self.tensorboard_logdir and dashboard:
             lines += dashboard_lines(
                 self.tensorboard_logdir, "Generation: click an answer to see its sources"
             )

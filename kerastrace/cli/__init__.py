@@ -1,9 +1,15 @@
 """The `kerastrace` command line: a thin layer over the public API.
 
 `kerastrace --help` is instant: TensorFlow is imported only when a
-subcommand runs. Errors print one line on stderr and exit with status 2
-(bad input, a missing optional dependency) or 1 (failure); `--debug` shows
-the traceback.
+subcommand runs. Every subcommand checks all its arguments (numbers, input
+files, output paths) before it writes anything, and writes each output file
+atomically (a temporary file renamed into place: a file is whole or absent).
+Errors print one line on stderr, `kerastrace <command>: error: ...`, naming
+the flag and echoing the value, and exit with status 2 (bad input, unusable
+files or directories, a missing optional dependency); an unexpected internal
+failure prints one line too and exits with status 1. `--debug`, accepted
+anywhere on the command line (`kerastrace explain ... --debug`), shows the
+full traceback instead.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ EXIT_FAILURE = 1
 
 
 def _demo(args) -> int:
+    both = args.task == "all"
+    result = None
     if args.task in ("classifier", "all"):
         from kerastrace.demo import run_demo
 
@@ -29,7 +37,7 @@ def _demo(args) -> int:
             seed=args.seed,
             verbose=0 if args.quiet else 1,
         )
-        print(result.summary())
+        print(result.summary(dashboard=not both))
     if args.task in ("lm", "all"):
         from kerastrace.demo_lm import run_lm_demo
 
@@ -40,8 +48,23 @@ def _demo(args) -> int:
             seed=args.seed,
             verbose=0 if args.quiet else 2,
         )
-        print(lm.summary())
+        print(lm.summary(dashboard=not both))
+    if both and result is not None and result.tensorboard_logdir:
+        # One dashboard for both demos: the offline file again, now with the
+        # language model's generation view, and one command to open it.
+        from kerastrace.apps.demo import dashboard_lines
+        from kerastrace.tensorboard import dashboard_html
+
+        dashboard_html(result.tensorboard_logdir, os.path.join(args.output_dir, "dashboard.html"),
+                       title="kerastrace demo dashboard")
+        print("\n".join(dashboard_lines(
+            result.tensorboard_logdir,
+            "attention, attributions, generation, profile and gradient flow, interactively")))
     return 0
+
+
+SORT_KEYS = ("path", "flops", "self_flops", "macs", "self_macs", "elementwise_flops", "params",
+             "self_params", "output_bytes", "time", "time_ms")  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,6 +72,15 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _SubParser(_Parser):
+    """A subcommand's parser: lists `--debug` in its help (`main` takes it from anywhere)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="show tracebacks on errors")
 
 
 def _cmd(name):
@@ -69,6 +101,9 @@ def _loading_options(p):
                    "CUSTOM_OBJECTS dict in it is passed to keras.saving.load_model); repeatable")
     p.add_argument("--unsafe", action="store_true",
                    help="allow unsafe deserialization (Lambda layers); only for trusted files")
+    # the same flag under the other spelling it once had (scripts/explain_demo_model.py)
+    p.add_argument("--unsafe-deserialization", dest="unsafe", action="store_true",
+                   help=argparse.SUPPRESS)
 
 
 def _sequence_length_option(p):
@@ -86,8 +121,9 @@ def _model_inputs(p):
     p.add_argument("--text-file", help="a file with one sentence per line")
     p.add_argument("--npy", help="an .npy array of token ids instead of text (0 is padding)")
     _sequence_length_option(p)
-    p.add_argument("--output-dir", default="kerastrace_out", help="where to write files")
-    p.add_argument("--logdir", help="also write TensorBoard summaries here")
+    p.add_argument("--output-dir", default="kerastrace_out",
+                   help="where to write files (default: %(default)s)")
+    p.add_argument("--logdir", help="also write TensorBoard summaries here (default: none)")
     _loading_options(p)
 
 
@@ -96,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kerastrace",
         description="See inside Keras models: attention, attribution, profiling.",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks on errors (accepted anywhere on the line)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubParser)
 
     demo = sub.add_parser(
         "demo",
@@ -105,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the built-in demo classifier (generated data, no download) and "
         "write a run directory.",
     )
-    demo.add_argument("--output-dir", default="runs/demo", help="run directory (runs/demo)")
+    demo.add_argument("--output-dir", default="runs/demo",
+                      help="run directory (default: %(default)s; the language-model demo "
+                      "writes OUTPUT_DIR/lm)")
     demo.add_argument("--n-train", type=int, default=3000, help="training sentences (3000)")
     demo.add_argument("--n-test", type=int, default=500, help="test sentences (500)")
     demo.add_argument("--epochs", type=int, default=4, help="training epochs (4)")
@@ -138,9 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "for keras-hub models; repeatable; inputs left out keep the model's own")
     prof.add_argument("--batch-size", type=int, default=1, help="batch size (1)")
     prof.add_argument("--depth", type=int, default=None, help="fold layers below this depth")
-    prof.add_argument("--logdir", help="keep the tf.profiler trace and summaries here")
+    prof.add_argument("--logdir", help="keep the tf.profiler trace and TensorBoard summaries "
+                      "here (default: the trace goes to a new temporary directory, "
+                      "kerastrace_profile_*, named under the table; no summaries)")
     prof.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    prof.add_argument("--sort-by", default=None, help="table column to sort by (e.g. flops)")
+    prof.add_argument("--sort-by", default=None, choices=SORT_KEYS, metavar="COLUMN",
+                      help="table column to sort by: " + ", ".join(SORT_KEYS))
     prof.add_argument("--top-k", type=int, default=None, help="only the top K rows")
     prof.add_argument("--no-trace", action="store_true", help="FLOPs and parameters only")
     _loading_options(prof)
@@ -222,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--projection-dim", type=int, default=None, metavar="N",
                      help="project the gradients to N dimensions (large layers)")
     inf.add_argument("--index-dir", metavar="DIR",
-                     help="keep the training-gradient index here and reuse it next time")
+                     help="keep the training-gradient index here and reuse it next time "
+                     "(default: none, the index lives in memory for this run only)")
     inf.add_argument("--format", choices=("table", "json"), default="table")
     _sequence_length_option(inf)
     _loading_options(inf)
@@ -255,8 +298,8 @@ def _generation_parsers(sub):
     gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     gen.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
     gen.add_argument("--output-dir", default="kerastrace_generate",
-                     help="where files are written (kerastrace_generate)")
-    gen.add_argument("--logdir", help="also write TensorBoard summaries here")
+                     help="where files are written (default: %(default)s)")
+    gen.add_argument("--logdir", help="also write TensorBoard summaries here (default: none)")
     _loading_options(gen)
     gen.set_defaults(func=_cmd("generate"))
 
@@ -270,7 +313,7 @@ def _generation_parsers(sub):
     _prompt_options(lens)
     lens.add_argument("--top-k", type=int, default=5, help="tokens shown per layer (5)")
     lens.add_argument("--output-dir", default="kerastrace_lens",
-                      help="where files are written (kerastrace_lens)")
+                      help="where files are written (default: %(default)s)")
     _loading_options(lens)
     lens.set_defaults(func=_cmd("lens"))
 
@@ -283,15 +326,19 @@ def _prompt_options(p):
                    "kerastrace's WordPiece tokenizer")
 
 
-def _import_tensorflow_quietly() -> None:
+def import_tensorflow_quietly() -> None:
     """Import TensorFlow (and tensorflow-text) with file descriptor 2 silenced.
 
     TensorFlow 2.21 writes its start-up lines ("oneDNN custom operations are
-    on", CUDA probing) from C++ before `TF_CPP_MIN_LOG_LEVEL` is read, so the
-    only way to keep them off the command's stderr is to point fd 2 at
-    /dev/null while the libraries load. Python-level errors are unaffected
-    (stderr is restored before anything else runs).
+    on", CUDA probing) from C++ before `TF_CPP_MIN_LOG_LEVEL` is read, and
+    twice (two of its libraries log them), so the only way to keep them off
+    a command's stderr is to point fd 2 at /dev/null while the libraries
+    load. Python-level errors are unaffected (stderr is restored before
+    anything else runs). `TF_CPP_MIN_LOG_LEVEL` is set to 3 unless the user
+    set it, for what TensorFlow's C++ code logs later. The command line and
+    the scripts in `scripts/` call this before anything imports TensorFlow.
     """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured)
@@ -322,31 +369,63 @@ def _one_line(exc) -> str:
     return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
+def _take_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """Remove every `--debug` before a `--` separator; whether there was one."""
+    out, debug, literal = [], False, False
+    for token in argv:
+        if token == "--debug" and not literal:
+            debug = True
+            continue
+        literal = literal or token == "--"
+        out.append(token)
+    return out, debug
+
+
+#: Errors that come from what the user gave (flags, files, directories): status 2.
+_USER_ERRORS = (ValueError, TypeError, KeyError, OSError, ImportError)
+
+
 def main(argv=None) -> int:
+    argv, debug = _take_debug(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed on one line
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args.debug = debug or bool(getattr(args, "debug", False))
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not args.debug:
-        # The command line is an application, not the library: it may quiet
-        # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) and Python
-        # deprecation notices so that stderr carries only our own messages.
-        # A value the user set is kept; `--debug` keeps everything.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        _import_tensorflow_quietly()
-        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    tf_logger = logging.getLogger("tensorflow")
+    tf_level = tf_logger.level  # restored on return: `main()` may run inside a notebook
     try:
+        from kerastrace.cli._checks import CHECKS
+
+        CHECKS[args.command](args)  # every argument, before anything is imported or written
+        if not args.debug:
+            # The command line is an application, not the library: it may quiet
+            # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) and Python
+            # deprecation notices so that stderr carries only our own messages.
+            # A value the user set is kept; `--debug` keeps everything.
+            import_tensorflow_quietly()  # sets TF_CPP_MIN_LOG_LEVEL=3 unless set
+            tf_logger.setLevel(logging.ERROR)
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+    except _USER_ERRORS as exc:
         if args.debug:
             raise
         print(f"kerastrace {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"kerastrace {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:  # noqa: BLE001 - one clear line, traceback with --debug
         if args.debug:
             raise
         print(f"kerastrace {args.command}: failed: {type(exc).__name__}: {_one_line(exc)}",
               file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        tf_logger.setLevel(tf_level)

@@ -1,13 +1,20 @@
-"""Subcommand implementations. Each imports TensorFlow only when it runs."""
+"""Subcommand implementations. Each imports TensorFlow only when it runs.
+
+Every file a subcommand writes is rendered in memory first and written at the
+end with `kerastrace.io.atomic_write` (`_write_outputs`): an error while
+computing leaves nothing behind, and each file is whole or absent.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
-import warnings
 
 import numpy as np
+
+from kerastrace.tensorboard._command import open_command
 
 
 def _parse_shape(text: str, arg: str = "--input-shape") -> tuple:
@@ -40,19 +47,31 @@ def _custom_objects(args) -> dict:
 
 
 def _load_model(args):
-    """The MODEL file, after the --custom-objects files are imported."""
-    from kerastrace.profiling import load_model_for_profiling
+    """The MODEL file (archive checked first), after the --custom-objects files are imported."""
+    from kerastrace.io import load_model
 
     _check_exists(args.model, "MODEL")
     custom = _custom_objects(args)
-    with warnings.catch_warnings():
-        # keras-hub tasks override compile(); Keras then warns that it did not
-        # re-compile the loaded model, which no analysis here needs.
-        warnings.filterwarnings("ignore", message=r"`compile\(\)` was not called",
-                                category=UserWarning)  # fmt: skip
-        return load_model_for_profiling(
-            args.model, safe_mode=not args.unsafe, custom_objects=custom
-        )
+    return load_model(args.model, safe_mode=not args.unsafe, custom_objects=custom)
+
+
+def _png(fig, dpi: int) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
+    from kerastrace._utils.lazy import pyplot
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    pyplot().close(fig)
+    return buf.getvalue()
+
+
+def _write_outputs(directory: str, files: dict) -> None:
+    """Create `directory` and write each `{name: bytes or str}` atomically, in order."""
+    from kerastrace.io import atomic_write
+
+    os.makedirs(directory, exist_ok=True)
+    for name, data in files.items():
+        atomic_write(os.path.join(directory, name), data)
 
 
 # ---------------------------------------------------------------- profile
@@ -149,7 +168,7 @@ def profile(args) -> int:
         print(result.to_table(sort_by=args.sort_by, top_k=args.top_k))
     if args.logdir:
         result.to_tensorboard(args.logdir)
-        print(f"\nOpen it in TensorBoard: tensorboard --logdir {args.logdir}")
+        print(f"\nOpen it in TensorBoard: {open_command(args.logdir)}")
     return 0
 
 
@@ -282,10 +301,10 @@ def _token_inputs(args, model):
 # ---------------------------------------------------------------- explain
 def explain(args) -> int:
     from kerastrace import explain as ex
+    from kerastrace import visualization as viz
 
     model = _load_model(args)
     ids, mask, tokenizer, tok = _token_inputs(args, model)
-    os.makedirs(args.output_dir, exist_ok=True)
     if tokenizer is not None:
         explanations = ex.explain_text(
             model, tokenizer, tok.texts, method=args.method, target=args.target,
@@ -295,9 +314,7 @@ def explain(args) -> int:
         for i, e in enumerate(explanations):
             words = ", ".join(f"{w}={s:+.3f}" for w, _, s in e.words)
             print(f"[{i}] class {e.target} (p={e.probabilities[e.target]:.2f}): {words}")
-        html = "\n".join(
-            f"<p><b>{i}</b> class {e.target}: {e.to_html()}</p>" for i, e in enumerate(explanations)
-        )
+        page = viz.explanations_page(explanations, title=f"kerastrace explain: {args.method}")
         scores = np.stack([e.token_scores for e in explanations])
         tokens = [e.tokens for e in explanations]
         mask = np.stack([e.mask for e in explanations])
@@ -311,30 +328,29 @@ def explain(args) -> int:
             for i in range(len(ids))
         ]
         tokens = [[str(t) for t in row] for row in ids.tolist()]
-        from kerastrace.visualization import token_attributions_html
-
-        html = "\n".join(
-            f"<p>{i}: {token_attributions_html(scores[i], tokens[i], mask=mask[i])}</p>"
-            for i in range(len(ids))
+        page = viz.attributions_page(
+            tokens=tokens, scores={args.method: scores}, mask=mask, targets=targets,
+            deltas=None if delta is None else {args.method: delta},
+            title=f"kerastrace explain: {args.method}", intro="Scores of the token ids.",
         )
         for r in records:
             print(f"[{r['index']}] class {r['target']}: {np.round(r['token_scores'], 3).tolist()}")
-    with open(os.path.join(args.output_dir, "explanations.json"), "w", encoding="utf-8") as f:
-        json.dump({"method": args.method, "explanations": records}, f, indent=2,
-                  ensure_ascii=False)
-    with open(os.path.join(args.output_dir, "explanations.html"), "w", encoding="utf-8") as f:
-        f.write(f"<html><meta charset='utf-8'><body>{html}</body></html>\n")
     from kerastrace.visualization import plot_token_attributions
 
     fig, _ = plot_token_attributions(scores[0], tokens[0], mask=mask[0], title=args.method)
-    fig.savefig(os.path.join(args.output_dir, "explanation_0.png"), dpi=100)
+    _write_outputs(args.output_dir, {
+        "explanations.json": json.dumps({"method": args.method, "explanations": records},
+                                        indent=2, ensure_ascii=False),
+        "explanations.html": page,
+        "explanation_0.png": _png(fig, 100),
+    })  # fmt: skip
     if args.logdir:
         from kerastrace.tensorboard import write_token_attributions
 
         write_token_attributions(args.logdir, scores, tokens, step=0, name=args.method, mask=mask)
     print(f"wrote {args.output_dir}/explanations.json, explanations.html, explanation_0.png")
     if args.logdir:
-        print(f"Open it in TensorBoard: tensorboard --logdir {args.logdir}")
+        print(f"Open it in TensorBoard: {open_command(args.logdir)}")
     return 0
 
 
@@ -386,18 +402,17 @@ def attention(args) -> int:
     layer, stacks = _check_attention_choice(args, weights)  # before any file is written
     tokens = tok.tokens[0] if tok is not None else [str(t) for t in ids[0].tolist()]
     n = len(tokens)
-    os.makedirs(args.output_dir, exist_ok=True)
+    buf = io.BytesIO()
     np.savez_compressed(
-        os.path.join(args.output_dir, "attention.npz"),
-        **{k.replace("/", "__").replace(":", "__call"): w for k, w in weights.items()},
+        buf, **{k.replace("/", "__").replace(":", "__call"): w for k, w in weights.items()}
     )
+    files = {"attention.npz": buf.getvalue()}
     on_tokens = _on_tokens(weights, n)
     fig, _ = plot_model_view(on_tokens, tokens, mask=mask[0])
-    fig.savefig(os.path.join(args.output_dir, "model_view.png"), dpi=80)
+    files["model_view.png"] = _png(fig, 80)
     fig, _ = plot_attention_head(weights[layer], tokens, head=args.head, mask=mask[0],
                                  title=f"{layer} head {args.head}")
-    fig.savefig(os.path.join(args.output_dir, "head.png"), dpi=100)
-    written = ["attention.npz", "attention.json", "model_view.png", "head.png"]
+    files["head.png"] = _png(fig, 100)
     for stack in stacks:
         maps = weights.stack(stack)
         if not _on_tokens(maps, n):
@@ -407,16 +422,16 @@ def attention(args) -> int:
         name = "rollout.png" if one else f"rollout_{stack}.png"
         fig, _ = plot_rollout(rollout, tokens, query=0, mask=mask[0],
                               title="attention rollout" + ("" if one else f" ({stack})"))
-        fig.savefig(os.path.join(args.output_dir, name), dpi=100)
-        written.append(name)
+        files[name] = _png(fig, 100)
     stats = att.head_statistics(on_tokens, mask=mask)
     summary = {
         "layers": {k: list(w.shape) for k, w in weights.items()},
         "stacks": weights.stacks,
         "head_statistics": {k: float(v) for k, v in stats.scalars().items()},
     }
-    with open(os.path.join(args.output_dir, "attention.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    files["attention.json"] = json.dumps(summary, indent=2)
+    _write_outputs(args.output_dir, files)
+    written = list(files)
     if args.logdir:
         from kerastrace.tensorboard import write_attention, write_head_statistics
 
@@ -427,7 +442,7 @@ def attention(args) -> int:
         print(f"{k}: {tuple(w.shape)}")
     print(f"wrote {args.output_dir}/{', '.join(written)}")
     if args.logdir:
-        print(f"Open it in TensorBoard: tensorboard --logdir {args.logdir}")
+        print(f"Open it in TensorBoard: {open_command(args.logdir)}")
     return 0
 
 
@@ -577,11 +592,9 @@ def generate(args) -> int:
                              **kw)
     else:
         trace = tracer.trace(prompt, args.max_new_tokens, **kw)
-    os.makedirs(args.output_dir, exist_ok=True)
-    trace.to_json(os.path.join(args.output_dir, "trace.json"))
-    _write_text(os.path.join(args.output_dir, "trace.html"), trace.to_html())
     fig, _ = trace.plot(0)
-    fig.savefig(os.path.join(args.output_dir, "sources.png"), dpi=100)
+    _write_outputs(args.output_dir, {"trace.json": trace.to_json(), "trace.html": trace.to_html(),
+                                     "sources.png": _png(fig, 100)})  # fmt: skip
     if args.logdir:
         trace.to_tensorboard(args.logdir)
     toks = trace._tokens(0)
@@ -605,10 +618,9 @@ def lens(args) -> int:
         raise ValueError(f"--top-k: expected a positive integer. Received: {args.top_k}")
     model = _load_model(args)
     result = generation.logit_lens(model, prompt, tokenizer=tokenizer, top_k=args.top_k)
-    os.makedirs(args.output_dir, exist_ok=True)
-    result.to_json(os.path.join(args.output_dir, "logit_lens.json"))
     fig, _ = result.plot()
-    fig.savefig(os.path.join(args.output_dir, "logit_lens.png"), dpi=100)
+    _write_outputs(args.output_dir, {"logit_lens.json": result.to_json(),
+                                     "logit_lens.png": _png(fig, 100)})  # fmt: skip
     last = len(result.tokens) - 1
     print(f"next token after {' '.join(result.tokens)!r}, layer by layer:")
     for li, name in enumerate(result.layers):
@@ -619,11 +631,6 @@ def lens(args) -> int:
         print(f"  {name:<28} {tops}")
     print(f"wrote {args.output_dir}/logit_lens.json, logit_lens.png")
     return 0
-
-
-def _write_text(path, text):
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 # ---------------------------------------------------------------- influence

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import logging
+import hashlib
+import json
 import os
+import re
 import threading
 from collections.abc import Callable
 
@@ -13,8 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 from kerastrace._utils import instrument
+from kerastrace._utils import store as fs
 from kerastrace._utils import validation as v
-from kerastrace.scale import _store
+from kerastrace.scale import _fingerprint, _resume
+from kerastrace.scale._distributed import Cluster, quiet_tf_warnings
 from kerastrace.scale._store import AttributionStore
 
 _REDUCE = ("sum", "norm")
@@ -202,14 +206,20 @@ def _per_example(shape) -> int | None:
     return int(np.prod(shape)) if shape else 1
 
 
+def _example(start, i: int) -> int:
+    """The dataset index of row `i`: `start + i`, or `start[i]` for an index array."""
+    return int(start[i]) if isinstance(start, np.ndarray) else int(start) + i
+
+
 def _per_position_error(y, n_out, start, why=""):
     b = y.shape[0] if y.ndim else 0
+    first, last = _example(start, 0), _example(start, max(b - 1, 0))
     outs = "an unknown number of" if n_out is None else str(n_out)
     return ValueError(
         "Received an invalid value for argument `target`: target='label' needs one class "
         "per example: labels of shape (B,), (B, 1), or one-hot/probability rows (B, C) "
         f"with C equal to the model's {outs} outputs per example. Received labels of shape "
-        f"{y.shape} (examples {start}..{start + b - 1}){why}, which look like per-position "
+        f"{y.shape} (examples {first}..{last}){why}, which look like per-position "
         "(sequence) labels; one attribution cannot explain every position at once. Pass "
         "target=<int> (one output index), target='predicted', or a callable target that "
         "selects one position's class score, e.g. `target=lambda out: out[:, 0, 1]`."
@@ -222,7 +232,8 @@ def labels_to_targets(labels, n_out, start):
     Accepts `(B,)` integer labels (or integral floats), `(B, 1)`, and
     one-hot/probability rows `(B, C)` when `C == n_out` and every row is
     non-negative and sums to 1. Anything else of rank >= 2 (per-position
-    sequence labels `(B, T)`, `(B, T, C)`) is refused.
+    sequence labels `(B, T)`, `(B, T, C)`) is refused. `start` is the
+    dataset index of the first row, or the index of every row (for errors).
     """
     y = np.asarray(labels)
     if y.ndim == 2 and y.shape[1] == 1:
@@ -253,7 +264,7 @@ def labels_to_targets(labels, n_out, start):
         bad = int(np.flatnonzero((y < 0) | (y >= n_out))[0])
         raise ValueError(
             "Received an invalid value for argument `dataset`: label "
-            f"{int(y[bad])} of example {start + bad} is out of range for a model with "
+            f"{int(y[bad])} of example {_example(start, bad)} is out of range for a model with "
             f"{n_out} outputs (valid labels: 0..{n_out - 1})."
         )
     return y.astype(np.int32)
@@ -271,7 +282,10 @@ def _describe(value):
         return {str(k): _describe(x) for k, x in value.items()}
     if isinstance(value, (tuple, list)):
         return [_describe(x) for x in value]
-    return repr(value)
+    if hasattr(value, "numpy") and hasattr(value, "shape"):  # a tensor: its values
+        return np.asarray(value).tolist()
+    # no memory addresses: the description must be the same in the next process
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
 
 
 def _check_strategy(strategy, model):
@@ -298,20 +312,6 @@ def _check_strategy(strategy, model):
             "method from that model."
         )
     return strategy
-
-
-@contextlib.contextmanager
-def _quiet_tf_warnings():
-    # MirroredStrategy.run logs "Using MirroredStrategy eagerly has significant
-    # overhead" on every eager call; the per-replica work here is compiled
-    # attribution calls, so the warning does not apply.
-    logger = logging.getLogger("tensorflow")
-    level = logger.level
-    logger.setLevel(max(level, logging.ERROR))
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 # ------------------------------------------------------------------ runner
@@ -364,7 +364,7 @@ class _BatchRunner:
             return t, np.full(batch, -1, np.int32)
         return int(t), np.full(batch, int(t), np.int32)
 
-    def _attribute(self, inputs, tgt, start, batch):
+    def _attribute(self, inputs, tgt, index):
         kwargs = dict(self.kwargs)
         if self.with_delta:
             kwargs["return_convergence_delta"] = True
@@ -380,7 +380,7 @@ class _BatchRunner:
             return out
         except (ValueError, TypeError) as e:
             raise type(e)(
-                f"{e}\n(while attributing examples {start}..{start + batch - 1} of the "
+                f"{e}\n(while attributing examples {int(index[0])}..{int(index[-1])} of the "
                 f"dataset with {type(self.method).__name__}.attribute)"
             ) from e
 
@@ -390,14 +390,13 @@ class _BatchRunner:
             a = np.sqrt((a * a).sum(-1)) if self.reduce_hidden == "norm" else a.sum(-1)
         return a
 
-    def __call__(self, features, labels, start):
-        inputs = model_inputs(features)
-        batch = batch_size(inputs)
+    def __call__(self, inputs, labels, index):
+        """Attribute one batch (numpy `inputs` as `model_inputs` gives them) -> per-row dict."""
+        batch = len(index)
         if batch == 0:
             return None
-        labels = None if labels is None else to_numpy(labels)
-        tgt, stored = self.targets_for(inputs, labels, start)
-        out = self._attribute(inputs, tgt, start, batch)
+        tgt, stored = self.targets_for(inputs, labels, index)
+        out = self._attribute(inputs, tgt, index)
         delta = None
         if self.with_delta:
             out, delta = out
@@ -405,7 +404,7 @@ class _BatchRunner:
             items = list(out.items())
         else:
             items = list(enumerate(out)) if isinstance(out, tuple) else [(0, out)]
-        res = {"index": np.arange(start, start + batch, dtype=np.int64), "targets": stored}
+        res = {"index": np.asarray(index, np.int64), "targets": stored}
         for key, a in items:
             res["attributions" if len(items) == 1 else f"attributions_{key}"] = self._reduce(a)
         if delta is not None:
@@ -418,29 +417,251 @@ class _BatchRunner:
         return res
 
 
-def _slice(res, lo):
-    return {k: a[lo:] for k, a in res.items()}
 
 
-def _take(buffer, n):
-    """Pop the first `n` examples of a list of per-batch dicts."""
-    out, left, rest = [], n, []
-    for i, part in enumerate(buffer):
-        m = len(part["index"])
-        if left == 0:
-            rest.extend(buffer[i:])
-            break
-        if m <= left:
-            out.append(part)
-            left -= m
+# ------------------------------------------------------------------ batches
+class Batch:
+    """One batch as numpy: `index` (dataset positions), model `inputs` and `labels`."""
+
+    def __init__(self, index, inputs, labels):
+        self.index = index
+        self.inputs = inputs
+        self.labels = labels
+        self._digests = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def digests(self) -> np.ndarray:
+        """`(B, 2)` int64 per-example digests of the inputs and labels (see `_fingerprint`)."""
+        if self._digests is None:
+            self._digests = _fingerprint.example_digests(self.inputs, self.labels)
+        return self._digests
+
+    def rows(self, sel) -> Batch:
+        def pick(a):
+            return a[sel]
+
+        labels = None if self.labels is None else tf.nest.map_structure(pick, self.labels)
+        out = Batch(self.index[sel], tf.nest.map_structure(pick, self.inputs), labels)
+        if self._digests is not None:
+            out._digests = self._digests[sel]
+        return out
+
+
+def _leading_sizes(inputs, labels):
+    leaves = tf.nest.flatten(inputs) + ([] if labels is None else tf.nest.flatten(labels))
+    return [np.asarray(a).shape[0] if np.ndim(a) else None for a in leaves]
+
+
+class Batches:
+    """Iterate a dataset as `Batch`es numbered from 0; a batch can be pushed back."""
+
+    def __init__(self, dataset):
+        self._it = iter(dataset)
+        self.pos = 0  # examples read from the dataset
+        self.count = 0  # dataset elements read
+        self._pending: list[Batch] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        if self._pending:
+            return self._pending.pop()
+        element = next(self._it)
+        self.count += 1
+        features, labels = split_element(element)
+        inputs = model_inputs(features)
+        labels = None if labels is None else to_numpy(labels)
+        sizes = _leading_sizes(inputs, labels)
+        if None in sizes or len(set(sizes)) != 1:
+            raise ValueError(
+                "Received an invalid value for argument `dataset`: element "
+                f"{self.count - 1} is not a batch: the leading sizes of its features (and "
+                f"labels) are {sizes}; every entry needs the same batch size. Batch the "
+                "dataset (`dataset.batch(n)`) and keep features and labels aligned."
+            )
+        b = sizes[0]
+        batch = Batch(np.arange(self.pos, self.pos + b, dtype=np.int64), inputs, labels)
+        self.pos += b
+        return batch
+
+    def push_back(self, batch: Batch) -> None:
+        self._pending.append(batch)
+
+
+# ------------------------------------------------------------------ run
+def _empty_error():
+    return ValueError(
+        "Received an invalid value for argument `dataset`: it is empty (no elements). "
+        "Check the input pipeline (e.g. filters, `take`, or a file pattern that matched "
+        "nothing)."
+    )
+
+
+def _check_output_dir(directory):
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(
+            "Received an invalid value for argument `output_dir`, expected a directory (new "
+            f"or holding a run): it is a file. Received: output_dir={directory!r}"
+        )
+
+
+class _Run:
+    """Resume (chief), verify, compute and write one `attribute_dataset` call."""
+
+    def __init__(self, runner, dataset, cluster, directory, config, fingerprints, *,
+                 shard_size, resume, on_mismatch, on_shard, progress):  # fmt: skip
+        self.runner = runner
+        self.dataset = dataset
+        self.cluster = cluster
+        self.directory = directory
+        self.config = config
+        self.fingerprints = fingerprints
+        self.shard_size = shard_size
+        self.resume = resume
+        self.on_mismatch = on_mismatch
+        self.on_shard = on_shard
+        self.progress = progress
+
+    # -- resume: what is stored and still valid (the chief decides)
+    def _plan(self, batches):
+        manifest, stored = _resume.open_run(
+            self.directory, self.config, self.fingerprints, self.resume, self.on_mismatch
+        )
+        if stored:
+            _resume.verify(batches, stored, self.on_mismatch, self.directory)
+        return manifest, stored
+
+    def _shared_plan(self, batches):
+        """`(manifest, stored, plan)`; the plan (what to compute) is the chief's on every worker."""
+        manifest, stored, plan = None, [], None
+        if self.cluster.is_writer:
+            try:
+                manifest, stored = self._plan(batches)
+            except Exception as exc:
+                if self.cluster.multi_worker:
+                    self.cluster.broadcast({"error": f"{type(exc).__name__}: {exc}"})
+                raise
+            plan = {
+                "stored_end": stored[-1].stop if stored else 0,
+                "redo": [[s.start, s.stop] for s in stored if s.recompute],
+            }
+        plan = self.cluster.broadcast(plan)
+        if manifest is None:
+            manifest = _resume.new_manifest(self.config, self.fingerprints)
+        return manifest, stored, plan
+
+    # -- compute one share of rows on this replica
+    def _share(self, share: Batch) -> dict:
+        res = self.runner(share.inputs, share.labels, share.index)
+        res["_digest"] = share.digests
+        return res
+
+    def _compute(self, work: Batch):
+        results = self.cluster.compute(self._share, len(work),
+                                       lambda lo, hi: work.rows(slice(lo, hi)))  # fmt: skip
+        if self.cluster.multi_worker and self.cluster.is_writer and results:
+            theirs = np.concatenate([r["_digest"] for r in results])
+            if theirs.shape != work.digests.shape or not np.array_equal(theirs, work.digests):
+                raise ValueError(
+                    "Received an invalid value for argument `dataset`: another worker read "
+                    f"other examples than the chief (examples {int(work.index[0])}.."
+                    f"{int(work.index[-1])}). Every worker must build the same dataset in "
+                    "the same order, without `tf.data` sharding."
+                )
+        return results
+
+    # -- loop and write
+    def execute(self) -> AttributionStore:
+        batches = Batches(self.dataset)
+        manifest, stored, plan = self._shared_plan(batches)
+        was = json.dumps(manifest, sort_keys=True)
+        directory = self.directory
+        if directory is None:
+            mode = "memory"
         else:
-            out.append({k: a[:left] for k, a in part.items()})
-            rest.append({k: a[left:] for k, a in part.items()})
-            rest.extend(buffer[i + 1 :])
-            left = 0
-            break
-    buffer[:] = rest
-    return {k: _store.pad_concat([p[k] for p in out]) for k in out[0]}
+            mode = "disk" if self.cluster.is_writer else "discard"
+        store = AttributionStore(
+            directory if mode != "memory" else None, manifest, [] if mode == "memory" else None
+        )
+        writer = _resume.Writer(store, stored, self.shard_size, self.on_shard, mode)
+        stored_end, redo = plan["stored_end"], plan["redo"]
+        again = bool(stored) and (bool(redo) or self.cluster.multi_worker)
+        if again or (self.cluster.multi_worker and not self.cluster.is_writer):
+            batches = Batches(self.dataset)  # a second pass, from the first example
+
+        def todo(index):
+            m = index >= stored_end
+            for lo, hi in redo:
+                m |= (index >= lo) & (index < hi)
+            return m
+
+        bar = _progress_bar(self.dataset) if self.progress else None
+        with quiet_tf_warnings() if self.cluster.strategy is not None else contextlib.nullcontext():
+            for batch in batches:
+                if again and self.cluster.is_writer:
+                    _resume.check_unchanged(batch, stored, stored_end, directory)
+                mask = todo(batch.index)
+                if mask.any():
+                    work = batch if mask.all() else batch.rows(mask)
+                    for res in self._compute(work):
+                        writer.add(res)
+                if bar is not None:
+                    bar.update(batches.count, values=[("examples", batches.pos)])
+        if bar is not None and bar.target is None:  # unknown length: end the bar's line
+            bar.update(batches.count, values=[("examples", batches.pos)], finalize=True)
+        if batches.pos == 0:
+            raise _empty_error()
+        writer.finish(batches.pos)
+        manifest["complete"] = True
+        manifest["num_examples"] = len(store)
+        if mode == "disk" and (writer.changed or json.dumps(manifest, sort_keys=True) != was):
+            fs.write_manifest(directory, manifest)
+            _resume.remove_unlisted_shards(directory, manifest)
+        final = self.cluster.broadcast(manifest if self.cluster.is_writer else None)
+        if mode == "discard":
+            return AttributionStore(directory, final)
+        return store
+
+
+def _progress_bar(dataset):
+    cardinality = int(dataset.cardinality())
+    return keras.utils.Progbar(
+        cardinality if cardinality >= 0 else None,
+        unit_name="batch",
+        stateful_metrics=["examples"],
+    )
+
+
+def _fingerprints(method, model, config) -> dict:
+    text = json.dumps(config, sort_keys=True, default=repr).encode()
+    return {
+        "method": hashlib.sha256(text).hexdigest(),
+        "model": _fingerprint.model_fingerprint(model),
+    }
+
+
+def _check_arguments(method, dataset, target):
+    if not hasattr(method, "attribute"):
+        raise TypeError(
+            "Received an invalid value for argument `method`, expected an attribution "
+            f"object with an `attribute` method. Received: method={method!r}"
+        )
+    if not isinstance(dataset, tf.data.Dataset):
+        raise TypeError(
+            "Received an invalid value for argument `dataset`, expected a batched "
+            f"`tf.data.Dataset`. Received: dataset of type {type(dataset).__name__}"
+        )
+    if not (
+        target is None
+        or callable(target)
+        or (isinstance(target, str) and target in ("label", "predicted"))
+        or (isinstance(target, (int, np.integer)) and not isinstance(target, bool))
+    ):
+        raise v.invalid("target", "'label', 'predicted', an int, a callable or None", target)
 
 
 def attribute_dataset(
@@ -455,6 +676,7 @@ def attribute_dataset(
     return_convergence_delta: bool | str = "auto",
     keep_inputs: bool = True,
     resume: bool = True,
+    on_mismatch: str = "error",
     progress: bool = True,
     on_shard: Callable[[int, AttributionStore], None] | None = None,
     **attribute_kwargs,
@@ -464,12 +686,35 @@ def attribute_dataset(
     Each batch of the dataset goes to one batched `method.attribute` call (no
     per-example loop), and the per-example results are buffered into shards
     of `shard_size` examples. With `output_dir`, every shard is written as a
-    `.npz` file (to a temporary name, then atomically renamed) and a JSON
-    manifest is rewritten atomically after each shard, so an interrupted run
-    (an exception, Ctrl-C, a killed process) leaves only complete shards
-    behind. Calling again with the same arguments resumes: finished shards
+    `.npz` file (to a temporary name, then atomically renamed; readable,
+    mode `0644` under the usual umask) and a JSON manifest is rewritten
+    atomically after each shard, so an interrupted run (an exception,
+    Ctrl-C, a killed process) leaves only complete shards behind, and the
+    temporary files of an interrupted write are removed by the next run.
+
+    Resuming: calling again with the same arguments resumes. Finished shards
     are neither recomputed nor rewritten, and the result equals an
-    uninterrupted run.
+    uninterrupted run, because the stored run is checked first:
+
+    - the settings (method class and settings, target, `attribute_kwargs`,
+      ...) and the model (a SHA-256 of its weights and of its configuration)
+      must be the run's: a different setting, or a model whose weights
+      changed (more training, `set_weights`), is refused with a message that
+      says which;
+    - every stored shard's checksum is verified: a truncated or damaged
+      shard is logged and recomputed;
+    - the dataset is read once over the stored range (nothing is attributed)
+      and each shard's inputs are compared with what the dataset holds now
+      (a digest of every example's features and label): another order (a
+      reshuffled dataset), other data, or a shorter dataset is refused with
+      a message that says which, naming the first shard that differs;
+    - a longer dataset continues: the examples beyond the stored ones are
+      attributed and appended, also after a complete run.
+
+    With `on_mismatch="recompute"`, what does not fit is recomputed instead
+    of refused: the shards whose inputs differ (all of them for other
+    settings or another model). Another process writing the same
+    `output_dir` at the same time is refused (an advisory lock).
 
     Dataset elements follow Keras `fit`: `x`, `(x,)`, `(x, y)` or
     `(x, y, sample_weight)` (sample weights are ignored). The features `x`
@@ -490,15 +735,35 @@ def attribute_dataset(
     refused: one attribution explains one score per example, so pick it
     with an int, `"predicted"`, or a callable target.
 
-    Distribution: with a `tf.distribute` strategy, the dataset is split with
-    `strategy.experimental_distribute_dataset`, each replica's share of the
-    global batch is attributed by `strategy.run` on its device, and the shares
-    are gathered back in replica order, which is the dataset order for
-    `MirroredStrategy` (the result equals the single-device one, example by
-    example). `MultiWorkerMirroredStrategy` and `TPUStrategy` use the same
-    code path; with several workers each worker sees its own part of the
-    data (auto-sharding), so give each worker its own `output_dir`. The model
-    must be created (or loaded) under `strategy.scope()`.
+    Distribution: with a `tf.distribute` strategy, the examples of each
+    global batch (each dataset element) are split into
+    `num_replicas_in_sync` contiguous shares, each replica attributes its
+    share on its device (`strategy.run`), and the results are put back in
+    replica order, which is the dataset order: the result equals the
+    single-device one, example by example. The model must be created (or
+    loaded) under `strategy.scope()`.
+
+    Several machines (`tf.distribute.MultiWorkerMirroredStrategy`): every
+    worker runs the same program with the same arguments and builds the
+    same dataset (same order; no `tf.data` sharding: each worker reads the
+    whole dataset and takes its replicas' shares). The results of all
+    replicas are exchanged after each batch (one all-gather), and only the
+    chief (worker 0) writes `output_dir`: shards are written once, by one
+    process, and an interrupted run (any worker killed) resumes from the
+    chief's `output_dir` when all workers are started again. The chief
+    checks the stored run alone and sends its decision (or its error) to
+    the others; it also checks that every worker read the same examples.
+    An error raised while attributing on any worker is raised on every
+    worker. Other workers return an `AttributionStore` for the same `output_dir`
+    (readable there when the directory is shared) or, without
+    `output_dir`, every worker returns all the results in memory. To launch
+    on several machines, set `TF_CONFIG` on each one, e.g. on machine `i`
+    of `host0:12345, host1:12345`:
+    `TF_CONFIG='{"cluster": {"worker": ["host0:12345", "host1:12345"]},
+    "task": {"type": "worker", "index": i}}'`, then run the same command
+    on every machine; create the strategy first thing in the program
+    (`strategy = tf.distribute.MultiWorkerMirroredStrategy()`) and the
+    model under `strategy.scope()`.
 
     Stored fields (see `AttributionStore`): `attributions` (one attributed
     input; several give `attributions_<i>` for tuples and
@@ -529,6 +794,10 @@ def attribute_dataset(
             inputs are not stored.
         resume: Continue a run found in `output_dir`. With False an existing
             run there is an error (nothing is overwritten).
+        on_mismatch: What to do when the run in `output_dir` does not fit
+            (other settings, another model, other data or order):
+            `"error"` (default: refuse, saying what differs) or
+            `"recompute"` (recompute what does not fit).
         progress: Show a `keras.utils.Progbar` (batches, and the number of
             examples done).
         on_shard: Called as `on_shard(shard_index, store)` after each shard is
@@ -544,7 +813,10 @@ def attribute_dataset(
         ValueError: for an empty dataset, elements that do not fit the model
             (naming a missing or unexpected dict key), labels out of range or
             per-position labels with `target="label"`, a run in `output_dir`
-            with other settings, or a model not built under `strategy.scope()`.
+            that does not fit (other settings, model, data, order or length,
+            saying which; unless `on_mismatch="recompute"`), an `output_dir`
+            another run is writing, or a model not built under
+            `strategy.scope()`.
         TypeError: for dict features given to a model without dict inputs,
             or a wrong `strategy`.
 
@@ -575,13 +847,23 @@ def attribute_dataset(
         with_delta = v.check_bool("return_convergence_delta", return_convergence_delta)
     keep_inputs = v.check_bool("keep_inputs", keep_inputs)
     resume = v.check_bool("resume", resume)
+    on_mismatch = v.check_one_of("on_mismatch", on_mismatch, _resume.MISMATCH)
+    progress = v.check_bool("progress", progress)
+    if on_shard is not None and not callable(on_shard):
+        raise v.invalid("on_shard", "a callable on_shard(shard_index, store) or None", on_shard)
+    if int(dataset.cardinality()) == 0:
+        raise _empty_error()
     model = model_of(method)
     check_structure(model, dataset.element_spec)
     strategy = _check_strategy(strategy, model)
+    directory = None if output_dir is None else os.fspath(output_dir)
+    if directory is not None:
+        _check_output_dir(directory)
 
-    # -- resume
+    # -- fingerprints of what the results depend on
     config = {
         "method": type(method).__name__,
+        "method_settings": _fingerprint.method_settings(method),
         "target": _describe(target),
         "reduce_hidden": reduce_hidden,
         "shard_size": shard_size,
@@ -589,219 +871,22 @@ def attribute_dataset(
         "keep_inputs": keep_inputs,
         "attribute_kwargs": {k: _describe(val) for k, val in sorted(attribute_kwargs.items())},
     }
-    directory = None if output_dir is None else os.fspath(output_dir)
-    manifest = _open_run(directory, config, resume)
-    if manifest.get("complete"):
-        return AttributionStore(directory, manifest)
-    store = AttributionStore(directory, manifest, None if directory is not None else [])
-
-    # -- loop and write
     runner = _BatchRunner(method, target, reduce_hidden, with_delta, attribute_kwargs, keep_inputs)
-    writer = _ShardWriter(store, on_shard)
-    cardinality = int(dataset.cardinality())
-    bar = (
-        keras.utils.Progbar(
-            cardinality if cardinality >= 0 else None,
-            unit_name="batch",
-            stateful_metrics=["examples"],
-        )
-        if progress
-        else None
-    )
-    n_done = len(store)
-    pos = 0
-    with _quiet_tf_warnings() if strategy is not None else contextlib.nullcontext():
-        for size, results in _iterate(dataset, runner, strategy, n_done):
-            for lo, res in results:
-                if res is not None:
-                    writer.buffer.append(_slice(res, lo))
-            pos += size
-            writer.flush_full(shard_size)
-            if bar is not None:
-                bar.add(1, values=[("examples", pos)])
-    if pos == 0:
-        raise ValueError(
-            "Received an invalid value for argument `dataset`: it is empty (no elements). "
-            "Check the input pipeline (e.g. filters, `take`, or a file pattern that matched "
-            "nothing)."
-        )
-    if pos < n_done:
-        raise ValueError(
-            f"Received an invalid value for argument `dataset`: it has {pos} examples but "
-            f"the run in `output_dir` already holds {n_done}; it is not the same dataset."
-        )
-    writer.flush_rest()
-    manifest["complete"] = True
-    manifest["num_examples"] = len(store)
-    if directory is not None:
-        _store.write_manifest(directory, manifest)
-    return store
+    cluster = Cluster(strategy)
+    run = _Run(runner, dataset, cluster, directory, config, _fingerprints(method, model, config),
+               shard_size=shard_size, resume=resume, on_mismatch=on_mismatch,
+               on_shard=on_shard, progress=progress)  # fmt: skip
 
-
-def _check_arguments(method, dataset, target):
-    if not hasattr(method, "attribute"):
-        raise TypeError(
-            "Received an invalid value for argument `method`, expected an attribution "
-            f"object with an `attribute` method. Received: method={method!r}"
-        )
-    if not isinstance(dataset, tf.data.Dataset):
-        raise TypeError(
-            "Received an invalid value for argument `dataset`, expected a batched "
-            f"`tf.data.Dataset`. Received: dataset of type {type(dataset).__name__}"
-        )
-    if not (
-        target is None
-        or callable(target)
-        or (isinstance(target, str) and target in ("label", "predicted"))
-        or (isinstance(target, (int, np.integer)) and not isinstance(target, bool))
-    ):
-        raise v.invalid("target", "'label', 'predicted', an int, a callable or None", target)
-
-
-def _open_run(directory, config, resume) -> dict:
-    """The manifest to continue: a new one, or the run found in `directory`."""
-    manifest = {
-        "format": "kerastrace.scale.attributions",
-        "version": _store.FORMAT_VERSION,
-        "config": config,
-        "shards": [],
-        "complete": False,
-    }
-    if directory is None:
-        return manifest
+    # -- resume, loop and write (one writer per directory)
+    if directory is None or not cluster.is_writer:
+        return run.execute()
+    created = not os.path.exists(directory)
     os.makedirs(directory, exist_ok=True)
-    old = _store.read_manifest(directory)
-    if old is None:
-        return manifest
-    if not resume:
-        raise ValueError(
-            "Received an invalid value for argument `output_dir`: it already holds "
-            f"a run ({len(old['shards'])} shards); with resume=False nothing is "
-            "overwritten. Use a new directory, delete this one, or pass resume=True. "
-            f"Received: output_dir={directory!r}"
-        )
-    if old["config"] != config:
-        diff = sorted(k for k in config if old["config"].get(k) != config[k])
-        raise ValueError(
-            "Received an invalid value for argument `output_dir`: it holds a run "
-            f"with different settings ({', '.join(diff)}: {old['config']} vs "
-            f"{config}). Use a new directory to start another run. "
-            f"Received: output_dir={directory!r}"
-        )
-    _adopt_orphans(directory, old)
-    return old
-
-
-class _ShardWriter:
-    """Buffers per-batch results and writes them as shards of the store."""
-
-    def __init__(self, store, on_shard):
-        self.store = store
-        self.on_shard = on_shard
-        self.buffer: list = []
-
-    def buffered(self) -> int:
-        return sum(len(p["index"]) for p in self.buffer)
-
-    def flush_full(self, shard_size):
-        while self.buffered() >= shard_size:
-            self.flush(shard_size)
-
-    def flush_rest(self):
-        if self.buffered():
-            self.flush(self.buffered())
-
-    def flush(self, n):
-        store, manifest, directory = self.store, self.store.manifest, self.store.directory
-        k = len(manifest["shards"])
-        part = _take(self.buffer, n)
-        entry = {"file": _store.shard_name(k), "start": int(part["index"][0]), "count": int(n)}
-        if directory is not None:
-            _store.write_shard(os.path.join(directory, entry["file"]), part)
-        else:
-            store._memory.append(part)
-        manifest["shards"].append(entry)
-        if directory is not None:
-            _store.write_manifest(directory, manifest)
-        store._cache = None
-        if self.on_shard is not None:
-            self.on_shard(k, store)
-
-
-def _adopt_orphans(directory, manifest):
-    """Take over shards written just before an interruption hit the manifest update."""
-    shard_size = manifest["config"]["shard_size"]
-    while True:
-        k = len(manifest["shards"])
-        path = os.path.join(directory, _store.shard_name(k))
-        if not os.path.exists(path):
-            return
-        start = k * shard_size
-        try:
-            index = _store.load_shard(path)["index"]
-        except Exception:  # noqa: BLE001 - unreadable: it is recomputed
-            return
-        if index.size != shard_size or index[0] != start or index[-1] != start + shard_size - 1:
-            return
-        manifest["shards"].append({"file": _store.shard_name(k), "start": start, "count": shard_size})
-        _store.write_manifest(directory, manifest)
-
-
-def _iterate(dataset, runner, strategy, n_done):
-    """Yield `(batch_size, [(rows_to_drop, result), ...])` per global batch."""
-    if strategy is None:
-        yield from _iterate_local(dataset, runner, n_done)
-    else:
-        yield from _iterate_distributed(dataset, runner, strategy, n_done)
-
-
-def _iterate_local(dataset, runner, n_done):
-    pos = 0
-    for element in dataset:
-        features, labels = split_element(element)
-        b = batch_size(features)
-        if pos + b <= n_done:
-            pos += b
-            yield b, []
-            continue
-        lo = max(0, n_done - pos)
-        if lo:
-            features = tf.nest.map_structure(lambda t, lo=lo: t[lo:], features)
-            if labels is not None:
-                labels = tf.nest.map_structure(lambda t, lo=lo: t[lo:], labels)
-        yield b, [(0, runner(features, labels, pos + lo))]
-        pos += b
-
-
-def _iterate_distributed(dataset, runner, strategy, n_done):
-    pos = 0
-    n_rep = strategy.num_replicas_in_sync
-    for element in strategy.experimental_distribute_dataset(dataset):
-        features, labels = split_element(element)
-        # Any entry of the (possibly dict) features gives each replica's share.
-        local = strategy.experimental_local_results(tf.nest.flatten(features)[0])
-        sizes = [int(t.shape[0]) for t in local]
-        b = sum(sizes)
-        if pos + b <= n_done:
-            pos += b
-            yield b, []
-            continue
-        starts = np.concatenate([[0], np.cumsum(sizes)])[:-1] + pos
-        results: dict = {}
-
-        def replica_fn(f, y, starts=starts, results=results):
-            rid = tf.distribute.get_replica_context().replica_id_in_sync_group
-            rid = int(rid.numpy() if hasattr(rid, "numpy") else rid)
-            results[rid] = runner(f, y, int(starts[rid]))
-            return tf.constant(0)
-
-        strategy.run(replica_fn, args=(features, labels))
-        out = []
-        for r in range(n_rep):
-            if r not in results:
-                continue
-            s = int(starts[r])
-            lo = max(0, min(n_done - s, sizes[r]))  # rows already written
-            out.append((lo, results[r]))
-        pos += b
-        yield b, out
+    try:
+        with fs.exclusive_lock(directory):
+            return run.execute()
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)  # only while still empty: nothing was written
+        raise

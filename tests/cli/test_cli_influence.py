@@ -116,3 +116,18 @@ def test_training_file_without_labels_and_bad_k(run, cli):
     assert status == 2 and "--train-file" in _one_error_line(err)
     status, _, err = cli(*_args(run, "-k", "0"))
     assert status == 2 and "-k" in _one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--layer", "no_such_layer"], "no_such_layer"),
+        (["--learning-rate", "0"], "Received: --learning-rate=0.0"),
+        (["--projection-dim", "0"], "Received: --projection-dim=0"),
+        (["-k", "0"], "Received: -k=0"),
+    ],
+)
+def test_bad_flags_leave_no_index_directory(run, cli, tmp_path, extra, message):
+    status, _, err = cli(*_args(run, "--index-dir", tmp_path / "index", *extra))
+    assert status == 2 and message in _one_error_line(err)
+    assert not (tmp_path / "index").exists()

@@ -122,6 +122,7 @@ def test_custom_objects_errors_name_the_file(cli, tmp_path, text, message):
     src = tmp_path / "bad_objects.py"
     src.write_text(text)
     _save_with(keras.layers.Identity(), tmp_path / "m.keras")
+    (tmp_path / "v.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nhi\n")
     for command in (["profile", "m.keras", "--no-trace"],
                     ["attention", "m.keras", "--text", "hi", "--vocab", "v.txt"]):
         status, _, err = cli(*command, "--custom-objects", src)
@@ -316,7 +317,7 @@ def test_attention_from_npy_on_keras_hub_model(cli, bert, tmp_path):
     "flags, message",
     [
         (["--head", "2"], "argument `--head`, expected 0 <= head < 2"),
-        (["--head", "-1"], "Received: -1"),
+        (["--head", "-1"], "Received: --head=-1"),
         (["--layer", "nope"], "no attention map 'nope'; choose from ['bert_backbone/"),
         (["--stack", "encoder"], "argument `--stack`, expected one of ['self']"),
         (["--sequence-length", "1"], "argument `--sequence-length`, expected an integer >= 2"),

@@ -130,7 +130,7 @@ def test_orphan_shard_is_adopted_not_recomputed(dense_model, dense_data, tmp_pat
     out = tmp_path / "run"
     attribute_dataset(Counting(Saliency(dense_model)), _ds(x, y), shard_size=4, output_dir=out,
                       progress=False)
-    # simulate a crash between writing shard 1 and updating the manifest
+    # simulate a crash between writing shards 1 and 2 and updating the manifest
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["shards"] = manifest["shards"][:1]
     manifest["complete"] = False
@@ -138,7 +138,10 @@ def test_orphan_shard_is_adopted_not_recomputed(dense_model, dense_data, tmp_pat
     (out / ".tmp-half-written.part").write_bytes(b"garbage")
     method = Counting(Saliency(dense_model))
     store = attribute_dataset(method, _ds(x, y), shard_size=4, output_dir=out, progress=False)
-    assert method.calls == [3] and store.num_shards == 3
+    # both written shards (the last one partial) belong to this run: adopted, not recomputed
+    assert method.calls == [] and store.num_shards == 3
+    assert [s["count"] for s in store.manifest["shards"]] == [4, 4, 3]
+    assert not (out / ".tmp-half-written.part").exists()
     np.testing.assert_allclose(store.attributions, Saliency(dense_model).attribute(x, target=y),
                                rtol=1e-6)
 
@@ -278,3 +281,16 @@ def test_progress_bar_counts_examples(dense_model, dense_data, monkeypatch, caps
     assert [total / count for total, count in bar.seen] == [4, 8, 11]
     shown = [float(s) for s in re.findall(r"examples: ([0-9.]+)", capsys.readouterr().out)]
     assert shown and shown[-1] == 11 and set(shown) <= {4, 8, 11}
+
+
+def test_progress_bar_of_unknown_length_counts_examples_and_ends_its_line(
+    dense_model, dense_data, capsys
+):
+    x, y = dense_data
+    ds = _ds(x, y, batch=4).filter(lambda *_: True)  # cardinality unknown
+    assert int(ds.cardinality()) < 0
+    attribute_dataset(Saliency(dense_model), ds, progress=True)
+    out = capsys.readouterr().out
+    shown = [float(s) for s in re.findall(r"examples: ([0-9.]+)", out)]
+    assert shown and shown[-1] == 11 and set(shown) <= {4, 8, 11}  # a count, not a mean
+    assert "3/Unknown" in out and out.endswith("\n")
