@@ -57,8 +57,6 @@ def test_every_method_gives_zero_to_later_tokens(lm):
 
 
 def test_batched_trace_equals_one_call_per_token_and_completeness(lm):
-    if lm.model.name == "keras_io_mini_gpt":
-        pytest.skip("the same engine path as the other functional models (time budget)")
     tracer = GenerationTracer(lm, "integrated_gradients")
     tr = tracer.trace(PROMPTS, max_new_tokens=3, n_steps=256)
     v = lm.vocab_size

@@ -191,20 +191,6 @@ def test_static_frontend_is_served_and_complete(tmp_path):
     assert r.json("/index") == {"series": []}
 
 
-def test_frontend_modules_parse_as_es_modules():
-    import shutil
-
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: the browser tests check the modules instead")
-    for name in sorted(os.listdir(STATIC_DIR)):
-        if name.endswith(".js"):
-            with open(os.path.join(STATIC_DIR, name), "rb") as f:
-                res = subprocess.run([node, "--input-type=module", "--check"], stdin=f,
-                                     capture_output=True, text=True, timeout=60)
-            assert res.returncode == 0, (name, res.stderr)
-
-
 def test_entry_point_registers_the_plugin_without_importing_tensorflow():
     eps = importlib.metadata.entry_points(group="tensorboard_plugins")
     [ep] = [e for e in eps if e.name == "kerastrace"]

@@ -1,8 +1,8 @@
 """A headless chromium over a live TensorBoard serving a small demo run: the kerastrace dashboard.
 
 Needs Debian's `chromium` and `chromium-driver` (`make test` installs them when it
-can) and selenium (the `test` extra); without them every test here is skipped
-with the reason. The demo (classifier and language model, small settings) runs
+can) and selenium (the `test` extra); without the browser every test here is
+skipped with the reason, without selenium they fail. The demo (classifier and language model, small settings) runs
 once per module, in a subprocess, exactly as `make demo` runs it.
 """
 
@@ -18,35 +18,27 @@ import numpy as np
 import pytest
 from test_plugin_server import TensorBoardServer, tensorboard_exe
 
-pytestmark = pytest.mark.browser
-
 CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p
                  and os.path.exists(p)), None)
 CHROMEDRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver") if p
                      and os.path.exists(p)), None)
+# Skipped, with the reason, only where the browser could not be installed (`make browser`
+# installs it as root); selenium and tensorboard are dependencies: missing, the tests fail.
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
+                       reason="chromium/chromedriver not found: install Debian's `chromium` "
+                              "and `chromium-driver` (make browser)"),
+]
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--window-size=1400,1000"]
 
 
-def _missing():
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed (pip install -e '.[test]')"
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        return ("chromium/chromedriver not found: install Debian's `chromium` and "
-                "`chromium-driver` (make browser)")
-    if tensorboard_exe() is None:
-        return "the tensorboard executable is not installed"
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser():
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
+    if tensorboard_exe() is None:
+        pytest.fail("the tensorboard executable is not installed: pip install -e '.[test]'")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

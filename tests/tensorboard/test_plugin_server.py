@@ -93,7 +93,7 @@ class TensorBoardServer:
 def served(tmp_path_factory):
     """A log directory with every kind of kerastrace record, a profile trace and a graph."""
     if tensorboard_exe() is None:
-        pytest.skip("the tensorboard executable is not installed")
+        pytest.fail("the tensorboard executable is not installed (a dependency of kerastrace)")
     from kerastrace.profiling import profile_model
     from kerastrace.tensorboard import (
         write_attention_data,

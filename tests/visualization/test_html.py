@@ -507,14 +507,9 @@ CHROMEDRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromed
 
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[test]')")
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("chromium/chromedriver not found: install Debian's `chromium` and "
-                    "`chromium-driver` (make browser)")
+    from selenium import webdriver  # a test dependency: missing, the tests fail
+    from selenium.webdriver.chrome.service import Service
+
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="kt-chromium-")
@@ -549,7 +544,14 @@ def _no_network_and_no_errors(driver):
     assert all(u.startswith(("blob:", "file:", "data:")) for u in urls), urls
 
 
+NO_BROWSER = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="chromium/chromedriver not found: install Debian's `chromium` and "
+           "`chromium-driver` (make browser)")
+
+
 @pytest.mark.browser
+@NO_BROWSER
 def test_generation_page_click_colours_the_sources(browser, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -571,6 +573,7 @@ def test_generation_page_click_colours_the_sources(browser, tmp_path):
 
 
 @pytest.mark.browser
+@NO_BROWSER
 def test_dashboard_file_works_without_a_server(browser, logdir, tmp_path):
     from selenium.webdriver.common.by import By
 
