@@ -47,6 +47,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from kerastrace.visualization._common import as_1d
+
 # ------------------------------------------------------------------ palette
 
 #: The diverging palette: negative end, zero, positive end (RGB 0-255).
@@ -362,18 +364,6 @@ def html_page(sections, *, title: str = "kerastrace", intro: str | None = None,
 # ------------------------------------------------------------------ token snippet
 
 
-def _scores_1d(name, scores) -> np.ndarray:
-    arr = np.asarray(scores, dtype=np.float64)
-    if arr.ndim == 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 1:
-        raise ValueError(
-            f"Received an invalid value for argument `{name}`, expected a 1D array of one "
-            f"score per token (or shape (1, T)). Received: {name}.shape={arr.shape}"
-        )
-    return arr
-
-
 def _vmax(scores, keep=None) -> float:
     s = np.asarray(scores, np.float64)
     if keep is not None:
@@ -418,7 +408,7 @@ def token_attributions_html(
     >>> "#b2182b" in html, "#2166ac" in html, "&lt;bad&gt;" in html
     (True, True, True)
     """
-    s = _scores_1d("scores", scores)
+    s = as_1d("scores", scores)
     toks = [str(t) for t in tokens]
     if len(toks) != s.shape[0]:
         raise ValueError(
